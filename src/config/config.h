@@ -1,0 +1,144 @@
+#pragma once
+// gatehouse::config — the typed model of gatehouse.yaml and its loader.
+//
+// load() parses the YAML, checks every field against the bounds declared in schema.cc (one place
+// defines the schema: keys, types, defaults, bounds), runs the cross-field checks (dangling
+// references, duplicates), and returns either an immutable Config or *all* the errors found, each
+// with file:line:col. Unknown keys are errors. A Config is a plain value: copyable, immutable once
+// built, shared between threads as std::shared_ptr<const Config>.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+namespace gatehouse::config {
+
+using std::chrono::milliseconds;
+
+struct Listen {
+  std::string host = "127.0.0.1";  // IPv4 or IPv6 literal, or "localhost"
+  std::uint16_t port = 8080;       // 0 = kernel-chosen (one port for all workers is then
+                                   // not guaranteed; tests pass an explicit port)
+};
+
+struct ServerConfig {
+  Listen listen;
+  std::uint32_t threads = 0;                          // 0 = one per core; 1..256
+  milliseconds shutdown_grace{10'000};                // SIGTERM drain deadline; 0..600000
+};
+
+// Limits enforced on the wire, before routing. Each refusal is counted by reason.
+struct WireLimits {
+  std::uint32_t max_header_bytes = 16 * 1024;          // request line + headers; 431 past it. 1 KiB..1 MiB
+  std::uint64_t max_body_bytes = 10 * 1024 * 1024;     // 413 past it; 0..4 GiB
+  milliseconds header_timeout{10'000};                 // whole header must arrive by then; 100..600000
+  milliseconds body_timeout{60'000};                   // whole body must arrive by then; 100..3600000
+  std::uint32_t min_body_rate = 1024;                  // bytes/s after body_grace; 0 = off
+  milliseconds body_grace{5'000};                      // no rate check before; 0..600000
+  milliseconds idle_timeout{60'000};                   // keep-alive idle; 100..3600000
+  std::uint32_t max_connections = 10'000;              // whole process; 1..1000000
+  std::uint32_t max_connections_per_ip = 256;          // 1..1000000
+  std::uint32_t max_pipelined = 32;                    // requests buffered per connection; 1..1024
+  std::uint32_t max_requests_per_connection = 0;       // 0 = unlimited
+};
+
+// What a route answers with.
+struct StaticTarget {
+  std::uint16_t status = 200;                          // 100..599
+  std::string body;                                    // <= 1 MiB
+  std::string content_type = "text/plain";
+  std::vector<std::pair<std::string, std::string>> headers;  // extra response headers
+};
+
+struct HttpTarget {
+  std::string upstream;          // name of an entry in Config::upstreams (checked)
+  std::string path_prefix;       // prepended to the forwarded path; "" keeps the request path
+  bool strip_stage = true;       // forward without the stage prefix
+};
+
+struct Target {
+  enum class Kind : std::uint8_t { kStatic, kHttp };
+  Kind kind = Kind::kStatic;
+  StaticTarget static_target;    // when kind == kStatic
+  HttpTarget http;               // when kind == kHttp
+  std::string function;          // optional: the function this target stands for (limits layer)
+};
+
+struct Route {
+  std::string name;                   // unique; defaults to "METHOD path"
+  std::vector<std::string> methods;   // upper-case HTTP methods, or {"ANY"}
+  std::string path;                   // template: /items/{id}, /files/{proxy+}
+  std::vector<std::string> stages;    // empty = every stage (or no stage prefix if none defined)
+  Target target;
+  int line = 0;                       // where it was declared, for messages
+};
+
+struct Stage {
+  std::string name;                   // [A-Za-z0-9_-]{1,64}; requests are /{stage}/...
+};
+
+struct Upstream {
+  std::string name;
+  std::string host;                   // from url http://host:port[/base]
+  std::uint16_t port = 80;
+  std::string base_path;              // from the url, "" or "/v1"
+  milliseconds connect_timeout{2'000};  // 1..60000
+  milliseconds timeout{30'000};         // whole response; 1..3600000
+  std::uint32_t max_idle = 64;          // idle keep-alive connections kept per worker; 0..10000
+  std::uint64_t max_response_bytes = 10 * 1024 * 1024;
+};
+
+struct AdminConfig {
+  std::string token_sha256;           // hex SHA-256 of the admin token; "" disables admin endpoints
+  std::string health_path = "/healthz";
+  std::string metrics_path = "/metrics";
+  std::string admin_prefix = "/admin";
+  bool metrics_public = false;        // true: /metrics without the admin token
+};
+
+struct LogConfig {
+  std::string level = "info";         // trace|debug|info|warn|error|off
+  std::string access_log = "stdout";  // stdout|stderr|off|<file path>
+};
+
+struct StoreConfig {
+  std::string state = "sqlite://./data/gatehouse.db";  // sqlite://PATH (postgres:// later)
+};
+
+struct Config {
+  std::string source;                 // path it was loaded from
+  ServerConfig server;
+  WireLimits limits;
+  AdminConfig admin;
+  LogConfig log;
+  StoreConfig store;
+  std::vector<Stage> stages;
+  std::vector<Upstream> upstreams;
+  std::vector<Route> routes;
+
+  [[nodiscard]] const Upstream* find_upstream(std::string_view name) const;
+};
+
+// One problem found in a config file.
+struct ConfigError {
+  std::string file;
+  int line = 0;     // 1-based; 0 when unknown (e.g. the file cannot be read)
+  int column = 0;   // 1-based
+  std::string message;  // "routes[2].target.http.upstream: unknown upstream 'api'"
+  [[nodiscard]] std::string to_string() const;  // "file:line:col: message"
+};
+
+using LoadResult = tl::expected<Config, std::vector<ConfigError>>;
+
+// Loads and validates `path`. Never throws. Errors are sorted by line, then column.
+[[nodiscard]] LoadResult load_file(const std::string& path);
+// Same, from text; `name` is used as the file name in errors.
+[[nodiscard]] LoadResult load_string(std::string_view yaml, const std::string& name);
+
+}  // namespace gatehouse::config
