@@ -1,1 +1,711 @@
-// placeholder
+#include "gateway/gateway.h"
+
+#include <netdb.h>
+#include <spdlog/async.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+#include <strings.h>
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <mutex>
+#include <thread>
+
+#include "gateway/metrics.h"
+#include "gateway/proxy.h"
+#include "store/store.h"
+
+namespace gatehouse::gateway {
+
+namespace net = boost::asio;
+using std::chrono::steady_clock;
+
+// ------------------------------------------------------------------------------------------------
+// Snapshot: the compiled form of one Config. Immutable; workers share it read-only.
+
+struct RouteEntry {
+  const config::Route* route = nullptr;  // points into Snapshot::config
+  std::uint32_t metric_slot = 0;
+  config::Target::Kind kind = config::Target::Kind::kStatic;
+  // kStatic: the response is pre-serialized around the per-request parts (request id, Date,
+  // Connection), so answering costs a few appends.
+  std::string static_head;  // "HTTP/1.1 200 OK\r\nContent-Type: ..\r\n<extra headers>"
+  std::string static_tail;  // "Content-Length: N\r\n\r\n<body>"
+  std::string static_tail_head;  // for HEAD: "Content-Length: N\r\n\r\n"
+  UpstreamTarget upstream;  // kHttp
+};
+
+struct Snapshot {
+  config::Config config;
+  std::unique_ptr<http::Router> router;
+  std::vector<RouteEntry> routes;
+  steady_clock::time_point loaded_at = steady_clock::now();
+  std::uint64_t generation = 0;
+};
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+http::ServerOptions server_options(const config::Config& c) {
+  http::ServerOptions o;
+  o.host = c.server.listen.host;
+  o.port = c.server.listen.port;
+  o.threads = c.server.threads;
+  o.max_header_bytes = c.limits.max_header_bytes;
+  o.max_body_bytes = c.limits.max_body_bytes;
+  o.header_timeout = c.limits.header_timeout;
+  o.body_timeout = c.limits.body_timeout;
+  o.min_body_rate = c.limits.min_body_rate;
+  o.body_grace = c.limits.body_grace;
+  o.idle_timeout = c.limits.idle_timeout;
+  o.max_connections = c.limits.max_connections;
+  o.max_connections_per_ip = c.limits.max_connections_per_ip;
+  o.max_pipelined = c.limits.max_pipelined;
+  o.max_requests_per_connection = c.limits.max_requests_per_connection;
+  return o;
+}
+
+core::Result<net::ip::tcp::endpoint> resolve(const std::string& host, std::uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return core::make_error(core::ErrorCode::kConfig,
+                            "cannot resolve upstream host '" + host + "': " + gai_strerror(rc));
+  }
+  net::ip::tcp::endpoint ep;
+  ep.resize(res->ai_addrlen);
+  std::memcpy(ep.data(), res->ai_addr, res->ai_addrlen);
+  ::freeaddrinfo(res);
+  return ep;
+}
+
+core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metrics& metrics,
+                                                      std::uint64_t generation) {
+  auto snap = std::make_shared<Snapshot>();
+  snap->config = std::move(cfg);
+  snap->generation = generation;
+  const config::Config& c = snap->config;
+
+  std::vector<http::RouteSpec> specs;
+  specs.reserve(c.routes.size());
+  for (const auto& r : c.routes) {
+    specs.push_back(http::RouteSpec{r.methods, r.path, r.stages});
+  }
+  std::vector<std::string> stages;
+  for (const auto& s : c.stages) {
+    stages.push_back(s.name);
+  }
+  auto router = http::Router::build(specs, stages);
+  if (!router) {
+    return core::make_error(core::ErrorCode::kConfig, c.source + ": " + router.error().message);
+  }
+  snap->router = std::move(*router);
+
+  for (const auto& r : c.routes) {
+    RouteEntry e;
+    e.route = &r;
+    e.kind = r.target.kind;
+    e.metric_slot = metrics.slot_for(r.name);
+    if (r.target.kind == config::Target::Kind::kStatic) {
+      const auto& st = r.target.static_target;
+      e.static_head = "HTTP/1.1 " + std::to_string(st.status) + " " +
+                      std::string(core::reason_phrase(st.status)) + "\r\n";
+      if (!st.content_type.empty()) {
+        e.static_head += "Content-Type: " + st.content_type + "\r\n";
+      }
+      for (const auto& [k, v] : st.headers) {
+        e.static_head += k + ": " + v + "\r\n";
+      }
+      e.static_tail_head = "Content-Length: " + std::to_string(st.body.size()) + "\r\n\r\n";
+      e.static_tail = e.static_tail_head + st.body;
+    } else {
+      const config::Upstream* up = c.find_upstream(r.target.http.upstream);
+      if (up == nullptr) {
+        return core::make_error(core::ErrorCode::kConfig,
+                                "route '" + r.name + "': unknown upstream '" + r.target.http.upstream + "'");
+      }
+      auto ep = resolve(up->host, up->port);
+      if (!ep) {
+        return tl::unexpected(ep.error());
+      }
+      e.upstream.upstream = up;
+      e.upstream.endpoint = *ep;
+      e.upstream.host_header = up->host + ":" + std::to_string(up->port);
+    }
+    snap->routes.push_back(std::move(e));
+  }
+  return std::shared_ptr<const Snapshot>(std::move(snap));
+}
+
+class PassAuthenticator final : public Authenticator {
+ public:
+  Verdict authenticate(RequestContext&, Refusal&) override { return Verdict::kContinue; }
+};
+class PassAuthorizer final : public Authorizer {
+ public:
+  Verdict authorize(RequestContext&, Refusal&) override { return Verdict::kContinue; }
+};
+class PassThrottle final : public Throttle {
+ public:
+  Verdict admit(RequestContext&, Refusal&) override { return Verdict::kContinue; }
+  void release(RequestContext&) override {}
+};
+class PassGuard final : public Guard {
+ public:
+  Verdict check(RequestContext&, Refusal&) override { return Verdict::kContinue; }
+};
+
+}  // namespace
+
+std::unique_ptr<Authenticator> allow_anonymous() { return std::make_unique<PassAuthenticator>(); }
+std::unique_ptr<Authorizer> allow_all() { return std::make_unique<PassAuthorizer>(); }
+std::unique_ptr<Throttle> no_throttle() { return std::make_unique<PassThrottle>(); }
+std::unique_ptr<Guard> no_guard() { return std::make_unique<PassGuard>(); }
+
+// ------------------------------------------------------------------------------------------------
+// The pipeline: http::Handler implementation.
+
+namespace {
+
+class GatewayImpl;
+
+struct Conn final : http::ConnectionState {
+  std::shared_ptr<const Snapshot> snapshot;  // swapped between requests when a reload lands
+  RequestContext ctx;
+  bool admitted = false;  // throttle admitted: release on completion
+  enum class Builtin : std::uint8_t { kNone, kHealth, kMetrics, kAdmin } builtin = Builtin::kNone;
+};
+
+class Pipeline final : public http::Handler {
+ public:
+  Pipeline(GatewayImpl& gw, unsigned workers) : gw_(gw), current_(workers) {}
+
+  // Control thread, before the server starts.
+  void set_initial(const std::shared_ptr<const Snapshot>& s) {
+    for (auto& c : current_) {
+      c.snap = s;
+    }
+  }
+  // Worker thread `w` (posted by the control thread).
+  void install(unsigned w, std::shared_ptr<const Snapshot> s) { current_[w].snap = std::move(s); }
+
+  std::unique_ptr<http::ConnectionState> on_connect(unsigned) override {
+    return std::make_unique<Conn>();
+  }
+
+  http::Step on_headers(http::Exchange& ex) override;
+  http::Step on_request(http::Exchange& ex) override;
+  void on_complete(http::Exchange& ex) override;
+
+ private:
+  http::Step refuse(http::Exchange& ex, Conn& c, const Refusal& r);
+  http::Step builtin(http::Exchange& ex, Conn& c);
+  http::Step dispatch(http::Exchange& ex, Conn& c);
+  void answer_static(http::Exchange& ex, const RouteEntry& e);
+  bool admin_authorized(const http::Exchange& ex, const Snapshot& s) const;
+
+  GatewayImpl& gw_;
+  struct alignas(64) PerWorker {
+    std::shared_ptr<const Snapshot> snap;
+  };
+  std::vector<PerWorker> current_;
+};
+
+class GatewayImpl final : public Gateway {
+ public:
+  GatewayImpl(Stages stages, std::unique_ptr<store::Store> store, unsigned workers)
+      : stages_(std::move(stages)),
+        store_(std::move(store)),
+        workers_(workers),
+        metrics_(workers),
+        proxy_(workers),
+        pipeline_(*this, workers) {}
+
+  ~GatewayImpl() override { stop(); }
+
+  core::Result<void> init(config::Config config) {
+    setup_access_log(config.log);
+    auto snap = compile(std::move(config), metrics_, ++generation_);
+    if (!snap) {
+      return tl::unexpected(snap.error());
+    }
+    snapshot_ = *snap;
+    pipeline_.set_initial(snapshot_);
+    server_ = http::make_server(server_options(snapshot_->config), pipeline_);
+    return {};
+  }
+
+  core::Result<void> start() override {
+    auto r = server_->start();
+    if (r) {
+      spdlog::info("gatehouse listening on {}:{} with {} workers, {} routes",
+                   snapshot_->config.server.listen.host, server_->port(), server_->workers(),
+                   snapshot_->routes.size());
+    }
+    return r;
+  }
+
+  core::Result<void> reload(config::Config config) override {
+    std::lock_guard lock(reload_mu_);
+    const auto& old = snapshot_->config;
+    if (config.server.listen.host != old.server.listen.host ||
+        config.server.listen.port != old.server.listen.port ||
+        config.server.threads != old.server.threads || config.store.state != old.store.state) {
+      spdlog::warn("reload: server.listen, server.threads and store.state take effect only after "
+                   "a restart; the running values stay");
+    }
+    auto snap = compile(std::move(config), metrics_, generation_ + 1);
+    if (!snap) {
+      reloads_failed_.fetch_add(1);
+      return tl::unexpected(snap.error());
+    }
+    ++generation_;
+    snapshot_ = *snap;
+    server_->update_limits(server_options(snapshot_->config));
+    auto s = snapshot_;
+    server_->run_on_all_workers([this, s](unsigned w) { pipeline_.install(w, s); });
+    reloads_ok_.fetch_add(1);
+    spdlog::info("reload: configuration generation {} active ({} routes)", generation_,
+                 snapshot_->routes.size());
+    return {};
+  }
+
+  core::Result<void> reload_from_source() override {
+    std::string source;
+    {
+      std::lock_guard lock(reload_mu_);
+      source = snapshot_->config.source;
+    }
+    auto loaded = config::load_file(source);
+    if (!loaded) {
+      reloads_failed_.fetch_add(1);
+      std::string msg = "reload refused, keeping the running configuration:";
+      for (const auto& e : loaded.error()) {
+        msg += "\n  " + e.to_string();
+      }
+      return core::make_error(core::ErrorCode::kConfig, msg);
+    }
+    return reload(std::move(*loaded));
+  }
+
+  void run_until_signal() override {
+    net::io_context control;
+    net::signal_set signals(control, SIGHUP, SIGTERM, SIGINT);
+    std::function<void()> wait = [&] {
+      signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+        if (ec) {
+          return;
+        }
+        if (sig == SIGHUP) {
+          spdlog::info("SIGHUP: reloading {}", snapshot_->config.source);
+          auto r = reload_from_source();
+          if (!r) {
+            spdlog::error("{}", r.error().message);
+          }
+          wait();
+          return;
+        }
+        spdlog::info("signal {}: draining (up to {} ms)", sig,
+                     snapshot_->config.server.shutdown_grace.count());
+        control.stop();
+      });
+    };
+    wait();
+    // Reload requests from the admin API arrive here too.
+    control_ = &control;
+    control.run();
+    control_ = nullptr;
+    stop();
+  }
+
+  void stop() override {
+    if (stopped_.exchange(true) || !server_) {
+      return;
+    }
+    server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
+    spdlog::info("stopped");
+    if (access_) {
+      access_->flush();
+    }
+  }
+
+  std::string metrics_text() const override {
+    std::string out;
+    out.reserve(8192);
+    metrics_.render(out);
+    const http::ServerStats st = server_->stats();
+    out += "# HELP gatehouse_connections_open Client connections currently open.\n";
+    out += "# TYPE gatehouse_connections_open gauge\n";
+    out += "gatehouse_connections_open " + std::to_string(st.connections_open) + "\n";
+    out += "# TYPE gatehouse_connections_accepted_total counter\n";
+    out += "gatehouse_connections_accepted_total " + std::to_string(st.connections_accepted) + "\n";
+    out += "# HELP gatehouse_wire_refusals_total Connections or requests refused on the wire.\n";
+    out += "# TYPE gatehouse_wire_refusals_total counter\n";
+    for (std::size_t i = 0; i < st.refusals.size(); ++i) {
+      out += "gatehouse_wire_refusals_total{reason=\"";
+      out += http::wire_refusal_name(static_cast<http::WireRefusal>(i));
+      out += "\"} " + std::to_string(st.refusals[i]) + "\n";
+    }
+    out += "# TYPE gatehouse_config_reloads_total counter\n";
+    out += "gatehouse_config_reloads_total{result=\"ok\"} " + std::to_string(reloads_ok_.load()) +
+           "\n";
+    out += "gatehouse_config_reloads_total{result=\"failed\"} " +
+           std::to_string(reloads_failed_.load()) + "\n";
+    out += "# HELP gatehouse_bugs_total Unexpected errors caught at a session's top level.\n";
+    out += "# TYPE gatehouse_bugs_total counter\n";
+    out += "gatehouse_bugs_total " + std::to_string(st.bugs) + "\n";
+    return out;
+  }
+
+  // Called from a worker: runs a reload on the control thread and posts the outcome back.
+  void request_reload(net::io_context& worker_ioc, std::function<void(core::Result<void>)> done) {
+    net::io_context* control = control_;
+    if (control == nullptr) {
+      done(core::make_error(core::ErrorCode::kUnavailable, "reload is not available yet"));
+      return;
+    }
+    net::post(*control, [this, &worker_ioc, done = std::move(done)]() mutable {
+      auto r = reload_from_source();
+      net::post(worker_ioc, [r = std::move(r), done = std::move(done)]() mutable { done(std::move(r)); });
+    });
+  }
+
+  void log_access(const http::Exchange& ex, const RequestContext& ctx, std::uint64_t dur_us) {
+    if (!access_) {
+      return;
+    }
+    thread_local std::string line;
+    line.clear();
+    const http::Request& r = ex.request();
+    line += "{\"request_id\":\"";
+    core::json_escape(line, ex.request_id());
+    line += "\",\"remote_ip\":\"";
+    core::json_escape(line, ex.remote_ip());
+    line += "\",\"method\":\"";
+    core::json_escape(line, r.method);
+    // The query string is left out on purpose: it may carry credentials (presigned URLs).
+    line += "\",\"path\":\"";
+    core::json_escape(line, r.path);
+    line += "\",\"route\":\"";
+    if (ctx.route != nullptr) {
+      core::json_escape(line, ctx.route->route->name);
+    }
+    line += "\",\"stage\":\"";
+    core::json_escape(line, ctx.match.stage);
+    line += "\",\"principal\":\"";
+    core::json_escape(line, ctx.principal.id.empty() ? ctx.principal.kind : ctx.principal.id);
+    line += "\",\"status\":" + std::to_string(ex.status());
+    line += ",\"duration_us\":" + std::to_string(dur_us);
+    line += ",\"bytes_in\":" + std::to_string(r.body.size());
+    line += ",\"worker\":" + std::to_string(ex.worker()) + "}";
+    access_->info(line);
+  }
+
+  Stages& stages() { return stages_; }
+  Metrics& metrics() { return metrics_; }
+  Proxy& proxy() { return proxy_; }
+
+ private:
+  void setup_access_log(const config::LogConfig& log) {
+    spdlog::level::level_enum level = spdlog::level::from_str(log.level);
+    spdlog::set_level(level);
+    if (log.access_log == "off") {
+      return;
+    }
+    // Asynchronous: workers hand the line to a queue; one thread writes it.
+    spdlog::init_thread_pool(65536, 1);
+    if (log.access_log == "stdout") {
+      access_ = spdlog::create_async_nb<spdlog::sinks::stdout_sink_mt>("access");
+    } else if (log.access_log == "stderr") {
+      access_ = spdlog::create_async_nb<spdlog::sinks::stderr_sink_mt>("access");
+    } else {
+      access_ = spdlog::create_async_nb<spdlog::sinks::basic_file_sink_mt>("access", log.access_log);
+    }
+    access_->set_pattern("%v");
+    access_->set_level(spdlog::level::info);
+    access_->flush_on(spdlog::level::info);
+  }
+
+  Stages stages_;
+  std::unique_ptr<store::Store> store_;
+  unsigned workers_;
+  mutable Metrics metrics_;
+  std::unique_ptr<http::Server> server_;  // declared before proxy_: destroyed after it
+  Proxy proxy_;
+  Pipeline pipeline_;
+  std::shared_ptr<spdlog::logger> access_;
+  std::mutex reload_mu_;
+  std::shared_ptr<const Snapshot> snapshot_;  // control thread's view (guarded by reload_mu_)
+  std::uint64_t generation_ = 0;
+  std::atomic<std::uint64_t> reloads_ok_{0};
+  std::atomic<std::uint64_t> reloads_failed_{0};
+  std::atomic<bool> stopped_{false};
+  std::atomic<net::io_context*> control_{nullptr};
+};
+
+http::Step Pipeline::on_headers(http::Exchange& ex) {
+  auto& c = static_cast<Conn&>(ex.state());
+  // Pick up a reloaded snapshot between requests only, so a request never changes config midway.
+  const auto& cur = current_[ex.worker()].snap;
+  if (c.snapshot.get() != cur.get()) {
+    c.snapshot = cur;
+  }
+  const Snapshot& s = *c.snapshot;
+  RequestContext& ctx = c.ctx;
+  ctx.snapshot = &s;
+  ctx.route = nullptr;
+  ctx.request = &ex.request();
+  ctx.principal = Principal{};
+  ctx.remote_ip = ex.remote_ip();
+  ctx.request_id = ex.request_id();
+  ctx.function = {};
+  ctx.started = ex.started();
+  c.admitted = false;
+  c.builtin = Conn::Builtin::kNone;
+
+  const http::Request& req = ex.request();
+  const auto& admin = s.config.admin;
+  if (req.path == admin.health_path) {
+    c.builtin = Conn::Builtin::kHealth;
+  } else if (req.path == admin.metrics_path) {
+    c.builtin = Conn::Builtin::kMetrics;
+  } else if (req.path.size() >= admin.admin_prefix.size() &&
+             req.path.compare(0, admin.admin_prefix.size(), admin.admin_prefix) == 0 &&
+             (req.path.size() == admin.admin_prefix.size() ||
+              req.path[admin.admin_prefix.size()] == '/')) {
+    c.builtin = Conn::Builtin::kAdmin;
+  }
+  if (c.builtin != Conn::Builtin::kNone) {
+    return c.builtin == Conn::Builtin::kAdmin ? http::Step::kReadBody : builtin(ex, c);
+  }
+
+  // Route.
+  s.router->match(req.method, req.path, ctx.match);
+  if (ctx.match.status == http::MatchStatus::kNotFound) {
+    return refuse(ex, c, Refusal{404, "RouteNotFound", "no route matches this path", {}});
+  }
+  if (ctx.match.status == http::MatchStatus::kMethodNotAllowed) {
+    thread_local std::string allow;
+    allow = "Allow: " + ctx.match.allow + "\r\n";
+    return refuse(ex, c, Refusal{405, "MethodNotAllowed", "the route does not accept this method", allow});
+  }
+  ctx.route_index = ctx.match.route;
+  ctx.route = &s.routes[ctx.match.route];
+  ctx.function = ctx.route->route->target.function;
+
+  Refusal r;
+  Stages& st = gw_.stages();
+  if (st.authenticate->authenticate(ctx, r) == Verdict::kRefuse ||
+      st.authorize->authorize(ctx, r) == Verdict::kRefuse) {
+    return refuse(ex, c, r);
+  }
+  if (st.throttle->admit(ctx, r) == Verdict::kRefuse) {
+    return refuse(ex, c, r);
+  }
+  c.admitted = true;
+  if (st.guard->check(ctx, r) == Verdict::kRefuse) {
+    return refuse(ex, c, r);
+  }
+  // A static answer needs no body: answer now unless one was sent (then read and discard it so
+  // the connection stays usable).
+  if (ctx.route->kind == config::Target::Kind::kStatic && req.content_length == 0 && !req.chunked) {
+    answer_static(ex, *ctx.route);
+    return http::Step::kDone;
+  }
+  return http::Step::kReadBody;
+}
+
+http::Step Pipeline::on_request(http::Exchange& ex) {
+  auto& c = static_cast<Conn&>(ex.state());
+  if (c.builtin != Conn::Builtin::kNone) {
+    return builtin(ex, c);
+  }
+  return dispatch(ex, c);
+}
+
+http::Step Pipeline::dispatch(http::Exchange& ex, Conn& c) {
+  const RouteEntry& e = *c.ctx.route;
+  if (e.kind == config::Target::Kind::kStatic) {
+    answer_static(ex, e);
+    return http::Step::kDone;
+  }
+  const http::Request& req = ex.request();
+  const config::HttpTarget& t = e.route->target.http;
+  std::string path = e.upstream.upstream->base_path + t.path_prefix;
+  std::string_view rest = req.path;
+  if (t.strip_stage && !c.ctx.match.stage.empty()) {
+    rest.remove_prefix(std::min(rest.size(), c.ctx.match.stage.size() + 1));
+    if (rest.empty()) {
+      rest = "/";
+    }
+  }
+  path.append(rest);
+  if (!req.query.empty()) {
+    path.push_back('?');
+    path.append(req.query);
+  }
+  gw_.proxy().forward(ex, e.upstream, std::move(path));
+  return http::Step::kPending;
+}
+
+void Pipeline::answer_static(http::Exchange& ex, const RouteEntry& e) {
+  std::string& out = ex.out();
+  out.append(e.static_head);
+  out.append("x-request-id: ");
+  out.append(ex.request_id());
+  out.append(ex.keep_alive() ? "\r\n" : "\r\nConnection: close\r\n");
+  const bool head = ex.request().method == "HEAD";
+  out.append(head ? e.static_tail_head : e.static_tail);
+  ex.set_status(e.route->target.static_target.status);
+}
+
+http::Step Pipeline::refuse(http::Exchange& ex, Conn& c, const Refusal& r) {
+  http::write_error(ex.out(), r.status, r.code, r.message, ex.request_id(), ex.keep_alive(),
+                    r.extra_headers);
+  ex.set_status(r.status);
+  gw_.metrics().refusal(ex.worker(), r.code);
+  (void)c;
+  return http::Step::kDone;
+}
+
+bool Pipeline::admin_authorized(const http::Exchange& ex, const Snapshot& s) const {
+  const std::string& want = s.config.admin.token_sha256;
+  if (want.empty()) {
+    return false;
+  }
+  std::string_view auth = ex.request().header("authorization");
+  constexpr std::string_view kBearer = "Bearer ";
+  if (auth.size() <= kBearer.size() || !iequals(auth.substr(0, kBearer.size()), kBearer)) {
+    return false;
+  }
+  auth.remove_prefix(kBearer.size());
+  // Compare hashes, in constant time: the token itself is never stored.
+  return core::constant_time_equal(core::sha256_hex(auth), want);
+}
+
+http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
+  const Snapshot& s = *c.snapshot;
+  const http::Request& req = ex.request();
+  const bool get = req.method == "GET" || req.method == "HEAD";
+  http::ResponseWriter w(ex.out());
+  switch (c.builtin) {
+    case Conn::Builtin::kHealth:
+      if (!get) {
+        return refuse(ex, c, Refusal{405, "MethodNotAllowed", "use GET", "Allow: GET, HEAD\r\n"});
+      }
+      w.start(200, ex.request_id(), ex.keep_alive());
+      w.header("Cache-Control", "no-store");
+      w.body("application/json", "{\"status\":\"ok\"}");
+      ex.set_status(200);
+      return http::Step::kDone;
+    case Conn::Builtin::kMetrics: {
+      if (!get) {
+        return refuse(ex, c, Refusal{405, "MethodNotAllowed", "use GET", "Allow: GET, HEAD\r\n"});
+      }
+      if (!s.config.admin.metrics_public && !admin_authorized(ex, s)) {
+        return refuse(ex, c, Refusal{401, "Unauthenticated", "the admin token is required",
+                                     "WWW-Authenticate: Bearer\r\n"});
+      }
+      w.start(200, ex.request_id(), ex.keep_alive());
+      w.body("text/plain; version=0.0.4", gw_.metrics_text());
+      ex.set_status(200);
+      return http::Step::kDone;
+    }
+    case Conn::Builtin::kAdmin: {
+      if (s.config.admin.token_sha256.empty()) {
+        return refuse(ex, c, Refusal{403, "AdminDisabled",
+                                     "the admin API is disabled: set admin.token_sha256", {}});
+      }
+      if (!admin_authorized(ex, s)) {
+        return refuse(ex, c, Refusal{401, "Unauthenticated", "the admin token is required",
+                                     "WWW-Authenticate: Bearer\r\n"});
+      }
+      const std::string_view sub = req.path.substr(s.config.admin.admin_prefix.size());
+      if (sub == "/config" && get) {
+        std::string body = "{\"source\":\"";
+        core::json_escape(body, s.config.source);
+        body += "\",\"generation\":" + std::to_string(s.generation) + ",\"routes\":[";
+        for (std::size_t i = 0; i < s.routes.size(); ++i) {
+          body += i ? ",{\"name\":\"" : "{\"name\":\"";
+          core::json_escape(body, s.routes[i].route->name);
+          body += "\",\"path\":\"";
+          core::json_escape(body, s.routes[i].route->path);
+          body += "\"}";
+        }
+        body += "]}";
+        w.start(200, ex.request_id(), ex.keep_alive());
+        w.body("application/json", body);
+        ex.set_status(200);
+        return http::Step::kDone;
+      }
+      if (sub == "/reload" && req.method == "POST") {
+        auto* ioc = static_cast<net::io_context*>(ex.io_context());
+        auto token = ex.keep_alive_token();
+        gw_.request_reload(*ioc, [&ex, token](core::Result<void> r) {
+          if (r) {
+            http::ResponseWriter rw(ex.out());
+            rw.start(200, ex.request_id(), ex.keep_alive());
+            rw.body("application/json", "{\"reloaded\":true}");
+            ex.set_status(200);
+          } else {
+            http::write_error(ex.out(), 400, "InvalidConfig", r.error().message, ex.request_id(),
+                              ex.keep_alive());
+            ex.set_status(400);
+          }
+          ex.resume();
+        });
+        return http::Step::kPending;
+      }
+      return refuse(ex, c, Refusal{404, "NotFound", "no such admin endpoint", {}});
+    }
+    case Conn::Builtin::kNone:
+      break;
+  }
+  return refuse(ex, c, Refusal{500, "InternalError", "unreachable", {}});
+}
+
+void Pipeline::on_complete(http::Exchange& ex) {
+  auto& c = static_cast<Conn&>(ex.state());
+  if (c.admitted) {
+    c.admitted = false;
+    gw_.stages().throttle->release(c.ctx);
+  }
+  const auto now = steady_clock::now();
+  const auto dur = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(now - ex.started()).count());
+  const std::uint32_t slot =
+      c.ctx.route != nullptr ? c.ctx.route->metric_slot : Metrics::kNoRoute;
+  gw_.metrics().record(ex.worker(), slot, ex.status(), dur);
+  gw_.log_access(ex, c.ctx, dur / 1000);
+  c.ctx.route = nullptr;
+}
+
+}  // namespace
+
+core::Result<std::unique_ptr<Gateway>> Gateway::create(config::Config config, Stages stages) {
+  auto st = store::open(config.store.state, core::system_clock());
+  if (!st) {
+    return tl::unexpected(st.error());
+  }
+  unsigned workers = config.server.threads;
+  if (workers == 0) {
+    workers = std::max(1u, std::thread::hardware_concurrency());
+  }
+  auto gw = std::make_unique<GatewayImpl>(std::move(stages), std::move(*st), workers);
+  auto r = gw->init(std::move(config));
+  if (!r) {
+    return tl::unexpected(r.error());
+  }
+  return std::unique_ptr<Gateway>(std::move(gw));
+}
+
+}  // namespace gatehouse::gateway

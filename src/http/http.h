@@ -245,6 +245,8 @@ class Server {
   virtual void drain_and_stop(std::chrono::milliseconds grace) = 0;
   [[nodiscard]] virtual ServerStats stats() const = 0;
   [[nodiscard]] virtual unsigned workers() const noexcept = 0;
+  // The bound port (after start(); the kernel's choice when options.port was 0).
+  [[nodiscard]] virtual std::uint16_t port() const noexcept = 0;
   // Runs `fn(worker)` on every worker thread (posted; returns at once).
   virtual void run_on_all_workers(std::function<void(unsigned)> fn) = 0;
   // The worker's io_context, type-erased as in Exchange::io_context().

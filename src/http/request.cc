@@ -1,1 +1,93 @@
-// placeholder
+#include <strings.h>
+
+
+#include "core/core.h"
+#include "http/http.h"
+
+namespace gatehouse::http {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace
+
+std::string_view Request::header(std::string_view name) const noexcept {
+  for (const Header& h : headers) {
+    if (iequals(h.name, name)) {
+      return h.value;
+    }
+  }
+  return {};
+}
+
+std::string_view wire_refusal_name(WireRefusal r) noexcept {
+  switch (r) {
+    case WireRefusal::kHeaderTooLarge: return "header_too_large";
+    case WireRefusal::kBodyTooLarge: return "body_too_large";
+    case WireRefusal::kHeaderTimeout: return "header_timeout";
+    case WireRefusal::kBodyTimeout: return "body_timeout";
+    case WireRefusal::kBodyTooSlow: return "body_too_slow";
+    case WireRefusal::kIdleTimeout: return "idle_timeout";
+    case WireRefusal::kMaxConnections: return "max_connections";
+    case WireRefusal::kMaxPerIp: return "max_connections_per_ip";
+    case WireRefusal::kBadRequest: return "bad_request";
+    case WireRefusal::kCount: break;
+  }
+  return "unknown";
+}
+
+void ResponseWriter::start(int status, std::string_view request_id, bool keep_alive) {
+  char num[20];
+  out_.append("HTTP/1.1 ");
+  out_.append(num, core::format_uint(num, static_cast<std::uint64_t>(status)));
+  out_.push_back(' ');
+  out_.append(core::reason_phrase(status));
+  out_.append("\r\nx-request-id: ");
+  out_.append(request_id);
+  out_.append(keep_alive ? "\r\n" : "\r\nConnection: close\r\n");
+}
+
+void ResponseWriter::header(std::string_view name, std::string_view value) {
+  out_.append(name);
+  out_.append(": ");
+  out_.append(value);
+  out_.append("\r\n");
+}
+
+void ResponseWriter::header(std::string_view name, std::uint64_t value) {
+  char num[20];
+  header(name, std::string_view(num, core::format_uint(num, value)));
+}
+
+void ResponseWriter::body(std::string_view content_type, std::string_view body) {
+  if (!content_type.empty()) {
+    header("Content-Type", content_type);
+  }
+  header("Content-Length", static_cast<std::uint64_t>(body.size()));
+  out_.append("\r\n");
+  out_.append(body);
+}
+
+void write_error(std::string& out, int status, std::string_view code, std::string_view message,
+                 std::string_view request_id, bool keep_alive, std::string_view extra_headers) {
+  // The body is formatted in a per-thread scratch buffer that keeps its capacity, so refusals
+  // do not allocate once warm.
+  thread_local std::string body;
+  body.clear();
+  body.append("{\"error\":{\"code\":\"");
+  core::json_escape(body, code);
+  body.append("\",\"message\":\"");
+  core::json_escape(body, message);
+  body.append("\",\"request_id\":\"");
+  core::json_escape(body, request_id);
+  body.append("\"}}");
+  ResponseWriter w(out);
+  w.start(status, request_id, keep_alive);
+  out.append(extra_headers);
+  w.body("application/json", body);
+}
+
+}  // namespace gatehouse::http

@@ -1,0 +1,298 @@
+#include "gateway/proxy.h"
+
+#include <strings.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <map>
+
+namespace gatehouse::gateway {
+
+namespace net = boost::asio;
+namespace bhttp = boost::beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+// Hop-by-hop headers (RFC 9110 7.6.1) and the ones the proxy sets itself.
+bool skip_request_header(std::string_view name) {
+  static constexpr std::string_view kSkip[] = {
+      "connection", "keep-alive",   "proxy-connection", "te",           "trailer",
+      "upgrade",    "host",         "content-length",   "transfer-encoding",
+      "x-request-id", "x-forwarded-for", "x-forwarded-proto", "expect", "proxy-authorization"};
+  for (auto s : kSkip) {
+    if (iequals(name, s)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool skip_response_header(std::string_view name) {
+  static constexpr std::string_view kSkip[] = {
+      "connection", "keep-alive", "proxy-connection", "te",      "trailer",
+      "upgrade",    "content-length", "transfer-encoding", "x-request-id", "date"};
+  for (auto s : kSkip) {
+    if (iequals(name, s)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+struct Conn {
+  explicit Conn(net::io_context& ioc) : socket(ioc) {}
+  tcp::socket socket;
+  boost::beast::flat_buffer buffer;
+};
+
+}  // namespace
+
+struct Proxy::Pool {
+  // Idle keep-alive connections by upstream name.
+  std::map<std::string, std::vector<std::unique_ptr<Conn>>, std::less<>> idle;
+};
+
+namespace {
+
+class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
+ public:
+  ProxyOp(http::Exchange& ex, const UpstreamTarget& target, Proxy::Pool& pool,
+          std::string request)
+      : ex_(ex),
+        keep_(ex.keep_alive_token()),
+        target_(target),
+        upstream_name_(target.upstream->name),
+        pool_(pool),
+        ioc_(*static_cast<net::io_context*>(ex.io_context())),
+        timer_(ioc_),
+        request_(std::move(request)) {}
+
+  void start() {
+    timer_.expires_after(target_.upstream->timeout);
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (!ec && !self->done_) {
+        self->timed_out_ = true;
+        if (self->conn_) {
+          boost::system::error_code ignored;
+          self->conn_->socket.close(ignored);
+        }
+      }
+    });
+    auto& idle = pool_.idle[upstream_name_];
+    if (!idle.empty()) {
+      conn_ = std::move(idle.back());
+      idle.pop_back();
+      reused_ = true;
+      send();
+    } else {
+      connect();
+    }
+  }
+
+ private:
+  void connect() {
+    conn_ = std::make_unique<Conn>(ioc_);
+    reused_ = false;
+    // The connect deadline is shorter than the whole-response one: a second timer would cost
+    // an allocation, so the connect timeout is checked against the clock when connect fails.
+    connect_started_ = std::chrono::steady_clock::now();
+    auto connect_timer = std::make_shared<net::steady_timer>(ioc_, target_.upstream->connect_timeout);
+    connect_timer->async_wait([self = shared_from_this(), connect_timer](
+                                  const boost::system::error_code& ec) {
+      if (!ec && !self->connected_ && !self->done_ && self->conn_) {
+        self->connect_timed_out_ = true;
+        boost::system::error_code ignored;
+        self->conn_->socket.close(ignored);
+      }
+    });
+    conn_->socket.async_connect(
+        target_.endpoint, [self = shared_from_this(), connect_timer](const boost::system::error_code& ec) {
+          self->connected_ = true;
+          connect_timer->cancel();
+          if (ec) {
+            self->fail(self->connect_timed_out_ || self->timed_out_ ? 504 : 502,
+                       self->connect_timed_out_ ? "upstream connect timed out"
+                                                : "cannot connect to upstream");
+            return;
+          }
+          boost::system::error_code ignored;
+          self->conn_->socket.set_option(tcp::no_delay(true), ignored);
+          self->send();
+        });
+  }
+
+  void send() {
+    net::async_write(conn_->socket, net::buffer(request_),
+                     [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                       if (ec) {
+                         self->retry_or_fail(502, "upstream write failed");
+                         return;
+                       }
+                       self->read();
+                     });
+  }
+
+  void read() {
+    parser_.emplace();
+    parser_->body_limit(target_.upstream->max_response_bytes);
+    parser_->header_limit(64 * 1024);
+    if (iequals(ex_.request().method, "HEAD")) {
+      parser_->skip(true);
+    }
+    bhttp::async_read(conn_->socket, conn_->buffer, *parser_,
+                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+                        if (ec) {
+                          if (ec == bhttp::error::body_limit) {
+                            self->fail(502, "upstream response exceeds max_response_bytes");
+                          } else if (n == 0 && !self->timed_out_) {
+                            self->retry_or_fail(502, "upstream closed the connection");
+                          } else {
+                            self->fail(self->timed_out_ ? 504 : 502,
+                                       self->timed_out_ ? "upstream timed out"
+                                                        : "invalid upstream response");
+                          }
+                          return;
+                        }
+                        self->respond();
+                      });
+  }
+
+  // A pooled connection the upstream closed while idle fails before any byte of response:
+  // the request never reached the application, so one retry on a fresh connection is safe.
+  void retry_or_fail(int status, std::string_view message) {
+    if (reused_ && !retried_ && !timed_out_) {
+      retried_ = true;
+      connect();
+      return;
+    }
+    fail(timed_out_ ? 504 : status, timed_out_ ? "upstream timed out" : message);
+  }
+
+  void respond() {
+    done_ = true;
+    timer_.cancel();
+    auto& msg = parser_->get();
+    std::string& out = ex_.out();
+    http::ResponseWriter w(out);
+    const int status = static_cast<int>(msg.result_int());
+    w.start(status, ex_.request_id(), ex_.keep_alive());
+    for (const auto& f : msg) {
+      const std::string_view name(f.name_string().data(), f.name_string().size());
+      if (!skip_response_header(name)) {
+        w.header(name, std::string_view(f.value().data(), f.value().size()));
+      }
+    }
+    const std::string& body = msg.body();
+    const bool head = iequals(ex_.request().method, "HEAD");
+    if (head) {
+      if (const auto len = parser_->content_length()) {
+        w.header("Content-Length", *len);
+      }
+      out.append("\r\n");
+    } else {
+      w.body({}, body);
+    }
+    const bool reusable = msg.keep_alive() && !timed_out_;
+    if (reusable) {
+      auto& idle = pool_.idle[upstream_name_];
+      if (idle.size() < target_.upstream->max_idle) {
+        idle.push_back(std::move(conn_));
+      }
+    }
+    conn_.reset();
+    ex_.set_status(status);
+    ex_.resume();
+  }
+
+  void fail(int status, std::string_view message) {
+    done_ = true;
+    timer_.cancel();
+    conn_.reset();
+    http::write_error(ex_.out(), status, status == 504 ? "GatewayTimeout" : "BadGateway", message,
+                      ex_.request_id(), ex_.keep_alive());
+    ex_.set_status(status);
+    ex_.resume();
+  }
+
+  http::Exchange& ex_;
+  std::shared_ptr<void> keep_;  // keeps the session (and so ex_) alive
+  UpstreamTarget target_;
+  std::string upstream_name_;
+  Proxy::Pool& pool_;
+  net::io_context& ioc_;
+  net::steady_timer timer_;
+  std::string request_;
+  std::unique_ptr<Conn> conn_;
+  std::optional<bhttp::response_parser<bhttp::string_body>> parser_;
+  std::chrono::steady_clock::time_point connect_started_{};
+  bool reused_ = false;
+  bool retried_ = false;
+  bool connected_ = false;
+  bool connect_timed_out_ = false;
+  bool timed_out_ = false;
+  bool done_ = false;
+};
+
+}  // namespace
+
+Proxy::Proxy(unsigned workers) {
+  for (unsigned i = 0; i < workers; ++i) {
+    pools_.push_back(std::make_unique<Pool>());
+  }
+}
+
+Proxy::~Proxy() = default;
+
+void Proxy::forward(http::Exchange& ex, const UpstreamTarget& target, std::string path) {
+  const http::Request& req = ex.request();
+  std::string out;
+  out.reserve(256 + req.body.size());
+  out.append(req.method);
+  out.push_back(' ');
+  out.append(path);
+  out.append(" HTTP/1.1\r\nHost: ");
+  out.append(target.host_header);
+  out.append("\r\n");
+  std::string_view forwarded_for;
+  for (const http::Header& h : req.headers) {
+    if (iequals(h.name, "x-forwarded-for")) {
+      forwarded_for = h.value;
+    }
+    if (skip_request_header(h.name)) {
+      continue;
+    }
+    out.append(h.name);
+    out.append(": ");
+    out.append(h.value);
+    out.append("\r\n");
+  }
+  out.append("X-Forwarded-For: ");
+  if (!forwarded_for.empty()) {
+    out.append(forwarded_for);
+    out.append(", ");
+  }
+  out.append(ex.remote_ip());
+  out.append("\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+  out.append(ex.request_id());
+  out.append("\r\n");
+  if (!req.body.empty() || req.chunked || req.content_length > 0) {
+    out.append("Content-Length: ");
+    out.append(std::to_string(req.body.size()));
+    out.append("\r\n");
+  }
+  out.append("\r\n");
+  out.append(req.body);
+  std::make_shared<ProxyOp>(ex, target, *pools_[ex.worker()], std::move(out))->start();
+}
+
+}  // namespace gatehouse::gateway
