@@ -608,6 +608,12 @@ const ServerOptions& Session::opts() const noexcept { return worker_.opts(); }
 WorkerStats& Session::stats() noexcept { return worker_.stats(); }
 
 bool Session::keep_alive() const noexcept {
+  // A response written before a body that is not yet here (an early refusal) ends the
+  // connection: the body will not be read.
+  if (parser_ && parser_->is_header_done() && !parser_->is_done() &&
+      (req_.chunked || req_.content_length > in_.size())) {
+    return false;
+  }
   return req_.keep_alive && !close_after_write_ && !draining_ && !worker_.draining() &&
          (opts().max_requests_per_connection == 0 ||
           served_ + 1 < opts().max_requests_per_connection);
@@ -696,34 +702,33 @@ bool Session::process_one() {
     }
     begin_request();
   }
-  if (in_.size() == 0) {
-    return false;
-  }
-  boost::beast::error_code ec;
-  const std::size_t used = parser_->put(in_.data(), ec);
-  in_.consume(used);
-  if (ec == boost::beast::http::error::need_more) {
-    // Headers incomplete, or the body continues: more bytes must be read first.
-    if (headers_done_ && phase_ != Phase::kBody) {
-      phase_ = Phase::kBody;
+  if (!parser_->is_done()) {
+    if (in_.size() == 0) {
+      return false;
     }
-    if (!parser_->is_header_done() && in_.size() >= opts().max_header_bytes) {
-      refuse(WireRefusal::kHeaderTooLarge, 431, "RequestHeaderFieldsTooLarge",
-             "request headers exceed the limit");
+    boost::beast::error_code ec;
+    const std::size_t used = parser_->put(in_.data(), ec);
+    in_.consume(used);
+    if (ec == boost::beast::http::error::need_more) {
+      // Headers incomplete, or the body continues: more bytes must be read first.
+      if (!parser_->is_header_done() && in_.size() >= opts().max_header_bytes) {
+        refuse(WireRefusal::kHeaderTooLarge, 431, "RequestHeaderFieldsTooLarge",
+               "request headers exceed the limit");
+      }
+      return false;
     }
-    return false;
-  }
-  if (ec) {
-    if (ec == boost::beast::http::error::header_limit) {
-      refuse(WireRefusal::kHeaderTooLarge, 431, "RequestHeaderFieldsTooLarge",
-             "request headers exceed the limit");
-    } else if (ec == boost::beast::http::error::body_limit) {
-      refuse(WireRefusal::kBodyTooLarge, 413, "PayloadTooLarge",
-             "request body exceeds the limit");
-    } else {
-      refuse(WireRefusal::kBadRequest, 400, "BadRequest", ec.message());
+    if (ec) {
+      if (ec == boost::beast::http::error::header_limit) {
+        refuse(WireRefusal::kHeaderTooLarge, 431, "RequestHeaderFieldsTooLarge",
+               "request headers exceed the limit");
+      } else if (ec == boost::beast::http::error::body_limit) {
+        refuse(WireRefusal::kBodyTooLarge, 413, "PayloadTooLarge",
+               "request body exceeds the limit");
+      } else {
+        refuse(WireRefusal::kBadRequest, 400, "BadRequest", ec.message());
+      }
+      return false;
     }
-    return false;
   }
   if (!headers_done_ && parser_->is_header_done()) {
     headers_done_ = true;
