@@ -338,6 +338,8 @@ class GatewayImpl final : public Gateway {
     }
   }
 
+  std::uint16_t port() const noexcept override { return server_ ? server_->port() : 0; }
+
   std::string metrics_text() const override {
     std::string out;
     out.reserve(8192);
@@ -560,6 +562,7 @@ http::Step Pipeline::dispatch(http::Exchange& ex, Conn& c) {
 void Pipeline::answer_static(http::Exchange& ex, const RouteEntry& e) {
   std::string& out = ex.out();
   out.append(e.static_head);
+  out.append(http::date_header());
   out.append("x-request-id: ");
   out.append(ex.request_id());
   out.append(ex.keep_alive() ? "\r\n" : "\r\nConnection: close\r\n");

@@ -124,6 +124,8 @@ class Gateway {
   virtual void run_until_signal() = 0;
   // Drains and stops (as SIGTERM would). Safe to call once; blocks until workers exit.
   virtual void stop() = 0;
+  // The port the listeners are bound to (after start()).
+  [[nodiscard]] virtual std::uint16_t port() const noexcept = 0;
   // Prometheus text exposition of every metric.
   [[nodiscard]] virtual std::string metrics_text() const = 0;
 };

@@ -107,6 +107,11 @@ struct Request {
   [[nodiscard]] std::string_view header(std::string_view name) const noexcept;
 };
 
+// "Date: <IMF-fixdate>\r\n" for the current second (cached per thread; refreshed by each
+// worker's sweep, so at most one sweep interval old).
+[[nodiscard]] std::string_view date_header() noexcept;
+void refresh_date_header() noexcept;
+
 // Builds a response into the connection's output buffer. Appends; never reallocates once the
 // buffer has grown to its steady size.
 class ResponseWriter {

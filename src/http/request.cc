@@ -1,5 +1,7 @@
 #include <strings.h>
 
+#include <ctime>
+
 
 #include "core/core.h"
 #include "http/http.h"
@@ -7,6 +9,11 @@
 namespace gatehouse::http {
 
 namespace {
+
+// The Date header line, cached per thread: formatting a date per response would cost more than
+// the rest of a refusal. Workers refresh it from their sweep timer (every 250 ms by default).
+thread_local char t_date[64];
+thread_local std::size_t t_date_len = 0;
 
 bool iequals(std::string_view a, std::string_view b) noexcept {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
@@ -21,6 +28,20 @@ std::string_view Request::header(std::string_view name) const noexcept {
     }
   }
   return {};
+}
+
+void refresh_date_header() noexcept {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  t_date_len = std::strftime(t_date, sizeof t_date, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+}
+
+std::string_view date_header() noexcept {
+  if (t_date_len == 0) {
+    refresh_date_header();
+  }
+  return {t_date, t_date_len};
 }
 
 std::string_view wire_refusal_name(WireRefusal r) noexcept {
@@ -45,7 +66,9 @@ void ResponseWriter::start(int status, std::string_view request_id, bool keep_al
   out_.append(num, core::format_uint(num, static_cast<std::uint64_t>(status)));
   out_.push_back(' ');
   out_.append(core::reason_phrase(status));
-  out_.append("\r\nx-request-id: ");
+  out_.append("\r\n");
+  out_.append(date_header());
+  out_.append("x-request-id: ");
   out_.append(request_id);
   out_.append(keep_alive ? "\r\n" : "\r\nConnection: close\r\n");
 }

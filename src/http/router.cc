@@ -113,7 +113,7 @@ struct Router::Impl {
   struct Walk {
     std::string_view method;
     std::string_view path;
-    std::uint32_t stage = kNone;       // index into stages_, kNone when no stages are defined
+    std::uint32_t stage = kNone;       // index into stages; kNone when no stages are defined
     std::uint32_t first_node = kNone;  // first node whose path matched (for the 405 Allow list)
     std::array<std::string_view, kMaxPathParams> values{};
     Match* out = nullptr;

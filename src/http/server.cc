@@ -37,17 +37,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Date header value, cached per thread and refreshed by each worker's sweep timer.
-thread_local char t_date[64] = "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n";
-thread_local std::size_t t_date_len = std::strlen("Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n");
-
-void refresh_date() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  t_date_len = std::strftime(t_date, sizeof t_date, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-}
-
 // Connections per client IP across all workers. Accepts are rare next to requests, so a sharded
 // mutex-protected map is cheap enough; the request path never touches it.
 class IpTable {
@@ -440,7 +429,11 @@ core::Result<void> Worker::bind(const tcp::endpoint& ep) {
 void Worker::run() {
   work_.emplace(ioc_.get_executor());
   accepting_ = true;
-  refresh_date();
+  // The first request id seeds a per-thread prefix from OpenSSL's RNG, whose first use reads
+  // its config file: pay that here, not on a client's request.
+  core::RequestId warm;
+  core::next_request_id(warm);
+  refresh_date_header();
   arm_sweep();
   do_accept();
   ioc_.run();
@@ -530,7 +523,7 @@ void Worker::arm_sweep() {
       return;
     }
     now_ = Clock::now();
-    refresh_date();
+    refresh_date_header();
     // A session may close (and unlink itself) during sweep(); take next first. Closing only
     // cancels its I/O, destruction happens later from the completion handlers.
     for (Session* s = head_; s != nullptr;) {
