@@ -201,7 +201,7 @@ struct ServerOptions {
   std::uint16_t port = 8080;
   unsigned threads = 0;  // 0: one per core
   std::uint32_t max_header_bytes = 16 * 1024;
-  std::uint64_t max_body_bytes = 10 * 1024 * 1024;
+  std::uint64_t max_body_bytes = std::uint64_t{10} * 1024 * 1024;
   std::chrono::milliseconds header_timeout{10'000};
   std::chrono::milliseconds body_timeout{60'000};
   std::uint32_t min_body_rate = 1024;
