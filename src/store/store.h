@@ -33,18 +33,21 @@
 
 namespace gatehouse::store {
 
-// One write operation. A Batch of them commits atomically (all or none).
+// One write operation. A Batch of them commits atomically (all or none). Limits, checked before
+// anything is written (kInvalidArgument otherwise): table names [a-z0-9_]{1,64}, keys <= 1 KiB,
+// values and payloads <= 64 MiB, queue, log and counter names 1 to 256 bytes. Keys, values,
+// payloads and names are arbitrary bytes; keys sort bytewise.
 struct Put {
-  std::string table;   // [a-z0-9_]{1,64}
-  std::string key;     // <= 1 KiB
-  std::string value;   // <= 64 MiB
+  std::string table;  // [a-z0-9_]{1,64}
+  std::string key;    // <= 1 KiB
+  std::string value;  // <= 64 MiB
 };
 struct Delete {
   std::string table;
   std::string key;
 };
 struct AddCounter {
-  std::string name;    // counter name, e.g. "quota:key123:2026-11-29"
+  std::string name;  // counter name, e.g. "quota:key123:2026-11-29"
   std::int64_t delta = 0;
 };
 struct Enqueue {
@@ -52,11 +55,11 @@ struct Enqueue {
   std::string payload;
   std::chrono::system_clock::time_point not_before{};  // visible from then on
 };
-struct Ack {             // removes a leased message for good
+struct Ack {  // removes a leased message for good; an unknown id (or acked twice) is a no-op
   std::string queue;
   std::int64_t id = 0;
 };
-struct Release {         // returns a leased message to the queue, visible at not_before
+struct Release {  // returns a leased message to the queue, visible at not_before; unknown: no-op
   std::string queue;
   std::int64_t id = 0;
   std::chrono::system_clock::time_point not_before{};
@@ -78,19 +81,24 @@ struct CommitInfo {
 struct QueueMessage {
   std::int64_t id = 0;
   std::string payload;
-  std::uint32_t attempts = 0;   // leases so far, including this one
+  std::uint32_t attempts = 0;  // leases so far, including this one
 };
 
 struct LogEntry {
-  std::int64_t seq = 0;         // 1-based, dense per log
+  std::int64_t seq = 0;  // 1-based, dense per log
   std::string payload;
   std::chrono::system_clock::time_point at{};
 };
 
 struct Options {
-  std::size_t max_batch_ops = 4096;                   // ops per group commit
-  std::chrono::milliseconds max_batch_delay{2};       // how long the writer waits to fill a batch
-  bool synchronous_full = true;                       // fsync every commit (SQLite synchronous=FULL)
+  // Most ops per group commit, 1 to 1'000'000 (a larger single batch still commits, alone).
+  std::size_t max_batch_ops = 4096;
+  // How long the writer waits for more writes to join a group, 0 to 1000 ms, counted from the
+  // arrival of the oldest pending write (so a writer that was busy committing does not wait).
+  std::chrono::milliseconds max_batch_delay{0};
+  // true: fsync every commit (SQLite synchronous=FULL), durable across power loss.
+  // false: synchronous=NORMAL in WAL mode, durable across a process crash, not a power loss.
+  bool synchronous_full = true;
 };
 
 // The store. Owned by the process (one per gateway); destroyed after every user is done.
@@ -105,13 +113,18 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   // Queues `batch` for the writer; `done` runs on the writer thread after the batch is durable
-  // (or failed: kIo, or kInvalidArgument for a malformed op — then nothing of it is written).
-  // Batches from different callers may share one transaction but stay atomic each.
+  // (or failed: kIo, or kInvalidArgument for a malformed op or a counter that would overflow —
+  // then nothing of it is written; kUnavailable, on the calling thread, if the store is being
+  // destroyed). Batches from different callers may share one transaction but stay atomic each.
+  // Callbacks run in the order of the write() calls. `done` may be empty; it must not throw,
+  // must not destroy the store, and must not block on the store: write_sync() and lease() called
+  // from it fail with kInternal instead of deadlocking. Reads and write() are fine.
   virtual void write(Batch batch, Callback done) = 0;
-  // Blocking convenience for the CLI, tests and startup.
+  // Blocking convenience for the CLI, tests and startup. Same results as write().
   [[nodiscard]] core::Result<CommitInfo> write_sync(Batch batch);
 
-  // Reads. kNotFound when the key is absent.
+  // Reads see every write whose callback has run. kInvalidArgument for a name or table that
+  // breaks the limits above. get: kNotFound when the key is absent.
   [[nodiscard]] virtual core::Result<std::string> get(std::string_view table,
                                                       std::string_view key) = 0;
   // Up to `limit` records of `table` whose key starts with `prefix`, in key order.
@@ -120,8 +133,10 @@ class Store {
   // Sum of all deltas added to `name` (0 if never written).
   [[nodiscard]] virtual core::Result<std::int64_t> counter(std::string_view name) = 0;
 
-  // Leases up to `max` visible messages of `queue` until now + `lease`; an unacked lease becomes
-  // visible again when it expires. Durable (a lease is a write).
+  // Leases up to `max` visible messages of `queue` (not_before <= now and no unexpired lease),
+  // oldest id first, until now + `lease`; an unacked lease becomes visible again when it
+  // expires. Durable (a lease is a write: it goes through the writer and waits for it). `now` is
+  // the store clock's wall(). max == 0 returns nothing. kInvalidArgument when lease <= 0.
   [[nodiscard]] virtual core::Result<std::vector<QueueMessage>> lease(
       std::string_view queue, std::size_t max, std::chrono::milliseconds lease) = 0;
   // Number of messages in `queue` (leased or not).
@@ -135,9 +150,12 @@ class Store {
 
 // Opens the store named by a URL: "sqlite://PATH" (PATH relative to the working directory;
 // parent directories are created), "sqlite://:memory:" for tests. Applies schema migrations.
-// Errors: kInvalidArgument for an unknown scheme, kIo when the database cannot be opened or
-// migrated (the message names the file), kNotImplemented for postgres:// until that backend lands.
-[[nodiscard]] core::Result<std::unique_ptr<Store>> open(std::string_view url, const core::Clock& clock,
+// Errors: kInvalidArgument for an unknown scheme or out-of-bounds options, kIo when the database
+// cannot be opened or migrated (the message names the file) or its schema is newer than this
+// binary, kNotImplemented for postgres:// until that backend lands. `clock` must outlive the store.
+// A :memory: store is private to the returned object.
+[[nodiscard]] core::Result<std::unique_ptr<Store>> open(std::string_view url,
+                                                        const core::Clock& clock,
                                                         Options options = {});
 
 }  // namespace gatehouse::store
