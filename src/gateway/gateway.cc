@@ -52,6 +52,40 @@ bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
 
+// True if a segment of `path` is "." or ".." (also percent-encoded: %2e). Such paths are refused
+// rather than normalised: an upstream that normalises them could be reached outside the route's
+// prefix, and a policy written for one path must not be met by another spelling of it.
+bool has_dot_segment(std::string_view path) {
+  std::size_t i = 0;
+  while (i < path.size()) {
+    if (path[i] == '/') {
+      ++i;
+      continue;
+    }
+    const auto end = std::min(path.find('/', i), path.size());
+    std::string_view seg = path.substr(i, end - i);
+    int dots = 0;
+    bool only_dots = true;
+    for (std::size_t k = 0; k < seg.size() && only_dots;) {
+      if (seg[k] == '.') {
+        ++dots;
+        ++k;
+      } else if (k + 2 < seg.size() && seg[k] == '%' && seg[k + 1] == '2' &&
+                 (seg[k + 2] == 'e' || seg[k + 2] == 'E')) {
+        ++dots;
+        k += 3;
+      } else {
+        only_dots = false;
+      }
+    }
+    if (only_dots && (dots == 1 || dots == 2)) {
+      return true;
+    }
+    i = end;
+  }
+  return false;
+}
+
 http::ServerOptions server_options(const config::Config& c) {
   http::ServerOptions o;
   o.host = c.server.listen.host;
@@ -259,9 +293,10 @@ class GatewayImpl final : public Gateway {
     const auto& old = snapshot_->config;
     if (config.server.listen.host != old.server.listen.host ||
         config.server.listen.port != old.server.listen.port ||
-        config.server.threads != old.server.threads || config.store.state != old.store.state) {
-      spdlog::warn("reload: server.listen, server.threads and store.state take effect only after "
-                   "a restart; the running values stay");
+        config.server.threads != old.server.threads || config.store.state != old.store.state ||
+        config.log.access_log != old.log.access_log) {
+      spdlog::warn("reload: server.listen, server.threads, store.state and log.access_log take "
+                   "effect only after a restart; the running values stay");
     }
     auto snap = compile(std::move(config), metrics_, generation_ + 1);
     if (!snap) {
@@ -272,7 +307,10 @@ class GatewayImpl final : public Gateway {
     snapshot_ = *snap;
     server_->update_limits(server_options(snapshot_->config));
     auto s = snapshot_;
-    server_->run_on_all_workers([this, s](unsigned w) { pipeline_.install(w, s); });
+    server_->run_on_all_workers([this, s](unsigned w) {
+      pipeline_.install(w, s);
+      proxy_.clear(w);
+    });
     reloads_ok_.fetch_add(1);
     spdlog::info("reload: configuration generation {} active ({} routes)", generation_,
                  snapshot_->routes.size());
@@ -490,6 +528,9 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
     return c.builtin == Conn::Builtin::kAdmin ? http::Step::kReadBody : builtin(ex, c);
   }
 
+  if (has_dot_segment(req.path)) {
+    return refuse(ex, c, Refusal{400, "BadRequest", "dot segments ('.', '..') are not allowed in paths", {}});
+  }
   // Route.
   s.router->match(req.method, req.path, ctx.match);
   if (ctx.match.status == http::MatchStatus::kNotFound) {

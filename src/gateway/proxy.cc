@@ -71,7 +71,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
       : ex_(ex),
         keep_(ex.keep_alive_token()),
         target_(target),
-        upstream_name_(target.upstream->name),
+        pool_key_(target.upstream->name + "@" + target.host_header),
         pool_(pool),
         ioc_(*static_cast<net::io_context*>(ex.io_context())),
         timer_(ioc_),
@@ -88,7 +88,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
         }
       }
     });
-    auto& idle = pool_.idle[upstream_name_];
+    auto& idle = pool_.idle[pool_key_];
     if (!idle.empty()) {
       conn_ = std::move(idle.back());
       idle.pop_back();
@@ -163,6 +163,21 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
                           }
                           return;
                         }
+                        // Interim 1xx answers (103 Early Hints, 100 Continue) are not the
+                        // response: read on. 101 would switch protocols, which we never ask for.
+                        const int status = static_cast<int>(self->parser_->get().result_int());
+                        if (status >= 100 && status < 200 && status != 101) {
+                          if (++self->interim_ > 8) {
+                            self->fail(502, "upstream sent too many interim responses");
+                            return;
+                          }
+                          self->read();
+                          return;
+                        }
+                        if (status == 101) {
+                          self->fail(502, "upstream switched protocols");
+                          return;
+                        }
                         self->respond();
                       });
   }
@@ -202,9 +217,11 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     } else {
       w.body({}, body);
     }
-    const bool reusable = msg.keep_alive() && !timed_out_;
+    // Only a connection with nothing left unread may serve another request: stray bytes would
+    // be taken as the next client's response.
+    const bool reusable = msg.keep_alive() && !timed_out_ && conn_->buffer.size() == 0;
     if (reusable) {
-      auto& idle = pool_.idle[upstream_name_];
+      auto& idle = pool_.idle[pool_key_];
       if (idle.size() < target_.upstream->max_idle) {
         idle.push_back(std::move(conn_));
       }
@@ -227,7 +244,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   http::Exchange& ex_;
   std::shared_ptr<void> keep_;  // keeps the session (and so ex_) alive
   UpstreamTarget target_;
-  std::string upstream_name_;
+  std::string pool_key_;  // upstream name and address: a reload that moves it uses a new pool
   Proxy::Pool& pool_;
   net::io_context& ioc_;
   net::steady_timer timer_;
@@ -241,6 +258,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   bool connect_timed_out_ = false;
   bool timed_out_ = false;
   bool done_ = false;
+  int interim_ = 0;
 };
 
 }  // namespace
@@ -253,6 +271,8 @@ Proxy::Proxy(unsigned workers) {
 
 Proxy::~Proxy() = default;
 
+void Proxy::clear(unsigned worker) { pools_[worker]->idle.clear(); }
+
 void Proxy::forward(http::Exchange& ex, const UpstreamTarget& target, std::string path) {
   const http::Request& req = ex.request();
   std::string out;
@@ -264,11 +284,39 @@ void Proxy::forward(http::Exchange& ex, const UpstreamTarget& target, std::strin
   out.append(target.host_header);
   out.append("\r\n");
   std::string_view forwarded_for;
+  // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+  std::vector<std::string_view> connection_tokens;
+  for (const http::Header& h : req.headers) {
+    if (iequals(h.name, "connection")) {
+      std::string_view v = h.value;
+      while (!v.empty()) {
+        const auto comma = v.find(',');
+        std::string_view tok = v.substr(0, comma);
+        while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) {
+          tok.remove_prefix(1);
+        }
+        while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) {
+          tok.remove_suffix(1);
+        }
+        if (!tok.empty()) {
+          connection_tokens.push_back(tok);
+        }
+        v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+      }
+    }
+  }
   for (const http::Header& h : req.headers) {
     if (iequals(h.name, "x-forwarded-for")) {
       forwarded_for = h.value;
     }
     if (skip_request_header(h.name)) {
+      continue;
+    }
+    bool hop = false;
+    for (auto tok : connection_tokens) {
+      hop = hop || iequals(h.name, tok);
+    }
+    if (hop) {
       continue;
     }
     out.append(h.name);

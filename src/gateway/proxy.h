@@ -29,6 +29,9 @@ class Proxy {
   // query appended by the caller), then writes the response (or a 502/504 JSON error) into
   // ex.out(), sets its status and calls ex.resume(). The caller returns Step::kPending.
   void forward(http::Exchange& ex, const UpstreamTarget& target, std::string path);
+  // Worker thread `worker`: closes its idle connections (after a reload, so upstreams that moved
+  // or were removed are not used again).
+  void clear(unsigned worker);
 
   struct Pool;
 

@@ -5,6 +5,8 @@
 // are copied into a per-connection store reserved once to the header limit, so they survive the
 // read buffer being reused while the body arrives.
 
+#include <strings.h>
+
 #include <array>
 #include <boost/beast/http/basic_parser.hpp>
 #include <cstdint>
@@ -36,6 +38,9 @@ class RequestParser final : public boost::beast::http::basic_parser<true> {
   }
 
   std::size_t field_count() const noexcept { return count_; }
+  // Set with an error from put(): the request used a transfer coding other than chunked
+  // (answer 501 rather than 400).
+  bool unsupported_coding() const noexcept { return unsupported_coding_; }
 
  private:
   std::string_view keep(sv s) {
@@ -45,15 +50,29 @@ class RequestParser final : public boost::beast::http::basic_parser<true> {
   }
 
   void on_request_impl(boost::beast::http::verb, sv method, sv target, int version,
-                       error_code&) override {
+                       error_code& ec) override {
     req_.method = keep(method);
     req_.target = keep(target);
-    const auto q = req_.target.find('?');
+    // A fragment is never part of a request target (RFC 9112 3.2).
+    if (req_.target.find('#') != std::string_view::npos) {
+      ec = boost::beast::http::error::bad_target;
+      return;
+    }
+    std::string_view path = req_.target;
+    // absolute-form ("http://host/path", RFC 9112 3.2.2): route on the path part.
+    if (path.size() > 7 && (path.substr(0, 7) == "http://" || path.substr(0, 8) == "https://")) {
+      const auto slash = path.find('/', path.find("//") + 2);
+      path = slash == std::string_view::npos ? std::string_view("/") : path.substr(slash);
+    } else if (path.empty() || path.front() != '/') {
+      ec = boost::beast::http::error::bad_target;  // authority-form and asterisk-form
+      return;
+    }
+    const auto q = path.find('?');
     if (q == std::string_view::npos) {
-      req_.path = req_.target;
+      req_.path = path;
     } else {
-      req_.path = req_.target.substr(0, q);
-      req_.query = req_.target.substr(q + 1);
+      req_.path = path.substr(0, q);
+      req_.query = path.substr(q + 1);
     }
     req_.version = static_cast<unsigned>(version);
   }
@@ -62,15 +81,46 @@ class RequestParser final : public boost::beast::http::basic_parser<true> {
     ec = boost::beast::http::error::bad_version;  // never a response here
   }
 
-  void on_field_impl(boost::beast::http::field, sv name, sv value, error_code& ec) override {
+  void on_field_impl(boost::beast::http::field f, sv name, sv value, error_code& ec) override {
     if (count_ == fields_.size()) {
       ec = boost::beast::http::error::header_limit;
       return;
     }
     fields_[count_++] = Header{keep(name), keep(value)};
+    if (f == boost::beast::http::field::host) {
+      ++hosts_;
+    } else if (f == boost::beast::http::field::transfer_encoding) {
+      // Anything but exactly "chunked" (possibly spread over several fields) is refused below.
+      ++te_fields_;
+      te_only_chunked_ = te_only_chunked_ && is_chunked_token(value);
+    }
   }
 
-  void on_header_impl(error_code&) override {
+  static bool is_chunked_token(sv v) {
+    std::string_view s(v.data(), v.size());
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+      s.remove_prefix(1);
+    }
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) {
+      s.remove_suffix(1);
+    }
+    return s.size() == 7 && ::strncasecmp(s.data(), "chunked", 7) == 0;
+  }
+
+  void on_header_impl(error_code& ec) override {
+    // HTTP/1.1 needs exactly one Host (RFC 9112 3.2); HTTP/1.0 at most one.
+    if (hosts_ > 1 || (hosts_ == 0 && req_.version >= 11)) {
+      ec = boost::beast::http::error::bad_field;
+      return;
+    }
+    // Request smuggling defence: the only transfer coding accepted is a single "chunked"; a
+    // Transfer-Encoding that does not end in chunked leaves the body length unknowable (400),
+    // other codings are not implemented (501). RFC 9112 6.1 and 6.3.
+    if (te_fields_ > 0 && (te_fields_ > 1 || !te_only_chunked_)) {
+      unsupported_coding_ = chunked();
+      ec = boost::beast::http::error::bad_transfer_encoding;
+      return;
+    }
     req_.headers = std::span<const Header>(fields_.data(), count_);
     req_.keep_alive = keep_alive();
     req_.chunked = chunked();
@@ -106,6 +156,10 @@ class RequestParser final : public boost::beast::http::basic_parser<true> {
   std::array<Header, kMaxHeaders>& fields_;
   std::string& body_;
   std::size_t count_ = 0;
+  int hosts_ = 0;
+  int te_fields_ = 0;
+  bool te_only_chunked_ = true;
+  bool unsupported_coding_ = false;
 };
 
 }  // namespace gatehouse::http::detail

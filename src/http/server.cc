@@ -176,6 +176,10 @@ class Session final : public Exchange, public std::enable_shared_from_this<Sessi
   void call_guarded(void (Session::*fn)());
   const ServerOptions& opts() const noexcept;
   WorkerStats& stats() noexcept;
+  // The worker's clock is refreshed only by its sweep, so it may lag by one sweep interval:
+  // adding the interval means a deadline never fires early (at most two intervals late), and
+  // the hot path reads no clock for it.
+  Clock::time_point deadline_after(Clock::duration d) const noexcept;
 
   Worker& worker_;
   tcp::socket socket_;
@@ -202,6 +206,7 @@ class Session final : public Exchange, public std::enable_shared_from_this<Sessi
   int status_ = 0;
   bool headers_done_ = false;
   bool in_exchange_ = false;  // on_headers called, on_complete not yet
+  std::size_t response_start_ = 0;  // where this request's response begins in out_
   bool reading_ = false;
   bool writing_ = false;
   bool close_after_write_ = false;
@@ -598,6 +603,9 @@ Session::~Session() {
 unsigned Session::worker() const noexcept { return worker_.index(); }
 void* Session::io_context() noexcept { return &worker_.ioc(); }
 const ServerOptions& Session::opts() const noexcept { return worker_.opts(); }
+Clock::time_point Session::deadline_after(Clock::duration d) const noexcept {
+  return worker_.now() + d + opts().sweep_interval;
+}
 WorkerStats& Session::stats() noexcept { return worker_.stats(); }
 
 bool Session::keep_alive() const noexcept {
@@ -615,10 +623,10 @@ bool Session::keep_alive() const noexcept {
 void Session::start() {
   state_ = worker_.handler().on_connect(worker_.index());
   phase_ = Phase::kIdle;
-  deadline_ = worker_.now() + opts().idle_timeout;
+  deadline_ = deadline_after(opts().idle_timeout);
   // The first request usually arrives with the connection: treat it as a header wait.
   phase_ = Phase::kHeader;
-  deadline_ = worker_.now() + opts().header_timeout;
+  deadline_ = deadline_after(opts().header_timeout);
   do_read();
 }
 
@@ -646,7 +654,7 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
   in_.commit(n);
   if (phase_ == Phase::kIdle) {
     phase_ = Phase::kHeader;
-    deadline_ = worker_.now() + opts().header_timeout;
+    deadline_ = deadline_after(opts().header_timeout);
   } else if (phase_ == Phase::kBody) {
     body_bytes_ += n;
   }
@@ -717,6 +725,9 @@ bool Session::process_one() {
       } else if (ec == boost::beast::http::error::body_limit) {
         refuse(WireRefusal::kBodyTooLarge, 413, "PayloadTooLarge",
                "request body exceeds the limit");
+      } else if (parser_->unsupported_coding()) {
+        refuse(WireRefusal::kBadRequest, 501, "NotImplemented",
+               "transfer codings other than chunked are not supported");
       } else {
         refuse(WireRefusal::kBadRequest, 400, "BadRequest", ec.message());
       }
@@ -728,6 +739,7 @@ bool Session::process_one() {
     started_ = Clock::now();
     core::next_request_id(id_);
     in_exchange_ = true;
+    response_start_ = out_.size();
     const Step step = worker_.handler().on_headers(*this);
     if (step == Step::kPending) {
       pending_ = Pending::kHeaders;
@@ -765,16 +777,17 @@ void Session::after_headers(Step step) {
     return;
   }
   parser_->eager(true);
-  body_started_ = worker_.now();
+  body_started_ = worker_.now() + opts().sweep_interval;  // see deadline_after()
   body_bytes_ = in_.size();
   if (!parser_->is_done()) {
     phase_ = Phase::kBody;
-    deadline_ = worker_.now() + opts().body_timeout;
+    deadline_ = deadline_after(opts().body_timeout);
     // Expect: 100-continue: the client waits for our go-ahead before sending the body.
     const auto expect = req_.header("expect");
     if (in_.size() == 0 && expect.size() == 12 &&
         ::strncasecmp(expect.data(), "100-continue", 12) == 0) {
       out_.append("HTTP/1.1 100 Continue\r\n\r\n");
+      response_start_ = out_.size();
     }
   }
 }
@@ -785,6 +798,14 @@ void Session::finish_request() {
   if (!keep_alive()) {
     close_after_write_ = true;
   }
+  if (req_.method == "HEAD") {
+    // Whatever produced the response (static, proxy, error, built-in), a HEAD answer ends with
+    // its headers: the Content-Length they announce is that of the GET body.
+    const auto end = out_.find("\r\n\r\n", response_start_);
+    if (end != std::string::npos) {
+      out_.resize(end + 4);
+    }
+  }
   in_exchange_ = false;
   worker_.handler().on_complete(*this);
   WorkerStats::bump(stats().requests);
@@ -792,7 +813,7 @@ void Session::finish_request() {
   ++batched_;
   parser_.reset();
   phase_ = Phase::kIdle;
-  deadline_ = worker_.now() + opts().idle_timeout;
+  deadline_ = deadline_after(opts().idle_timeout);
   if (batched_ >= opts().max_pipelined) {
     // Bound the responses queued per write: the rest of the pipeline waits for this flush.
     flush();
@@ -836,7 +857,7 @@ void Session::flush() {
   batched_ = 0;
   const Phase before = phase_;
   phase_ = Phase::kWriting;
-  deadline_ = worker_.now() + opts().idle_timeout;
+  deadline_ = deadline_after(opts().idle_timeout);
   net::async_write(socket_, net::buffer(out_),
                    [self = shared_from_this(), before](const boost::system::error_code& ec,
                                                        std::size_t) {
@@ -848,12 +869,13 @@ void Session::flush() {
 void Session::on_write(const boost::system::error_code& ec) {
   writing_ = false;
   out_.clear();
+  response_start_ = 0;
   if (ec || closed_) {
     close_now();
     return;
   }
   if (phase_ == Phase::kIdle) {
-    deadline_ = worker_.now() + opts().idle_timeout;
+    deadline_ = deadline_after(opts().idle_timeout);
   }
   if (pending_ != Pending::kNone) {
     return;  // an async handler is still working; it resumes us
@@ -874,7 +896,7 @@ void Session::lingering_close() {
   boost::system::error_code ec;
   socket_.shutdown(tcp::socket::shutdown_send, ec);
   phase_ = Phase::kClosing;
-  deadline_ = worker_.now() + std::chrono::seconds(2);
+  deadline_ = deadline_after(std::chrono::seconds(2));
   body_bytes_ = 0;
   linger_read();
 }
@@ -906,7 +928,10 @@ void Session::force_close() { close_now(); }
 
 void Session::drain() {
   draining_ = true;
-  if (phase_ == Phase::kIdle && in_.size() == 0 && !writing_) {
+  // Nothing of a request received yet (idle keep-alive, or a fresh connection that has sent
+  // nothing): close now rather than wait out the grace period.
+  if ((phase_ == Phase::kIdle || phase_ == Phase::kHeader) && !parser_ && in_.size() == 0 &&
+      !writing_) {
     close_now();
   }
 }

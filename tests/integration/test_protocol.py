@@ -1,6 +1,5 @@
 """HTTP/1.1 conformance points that matter for a gateway: message framing (request smuggling),
-HEAD responses, Host. Known server bugs are marked xfail(strict=True): once fixed, the test
-XPASSes, fails the suite, and the marker must go."""
+HEAD responses, Host."""
 
 import pytest
 
@@ -38,11 +37,6 @@ def test_ambiguous_framing_is_rejected(gatehouse):
             assert c.buf == b"", (raw, c.buf)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (request smuggling): a request whose Transfer-Encoding does not end in 'chunked' "
-    "(e.g. 'chunked, gzip', 'gzip', 'identity') is taken as having no body, and its body bytes are "
-    "parsed as the next request on the connection; RFC 9112 6.3 requires 400 and closing the "
-    "connection. Remove this marker once http/ rejects it."))
 @pytest.mark.deadline(30)
 def test_transfer_encoding_not_ending_in_chunked_is_rejected(gatehouse):
     for te in ("chunked, gzip", "gzip", "identity"):
@@ -55,11 +49,6 @@ def test_transfer_encoding_not_ending_in_chunked_is_rejected(gatehouse):
             assert b"hello" not in c.buf, (te, c.buf)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: responses to HEAD built by ResponseWriter::body / write_error (the /healthz and /metrics "
-    "built-ins and every JSON error: 404, 405, 401, ...) carry the body; on a keep-alive connection "
-    "the client then reads those bytes as the start of the next response (RFC 9110 9.3.2: no "
-    "content in a HEAD response). Remove this marker once fixed."))
 @pytest.mark.deadline(30)
 def test_head_responses_have_no_body(gatehouse):
     for path, headers, status in (("/healthz", {}, 200), ("/metrics", h.AUTH, 200),
@@ -74,9 +63,6 @@ def test_head_responses_have_no_body(gatehouse):
             assert (nxt.status, nxt.body) == (200, b"hello\n"), (path, nxt.raw_head[:80])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an HTTP/1.1 request without Host, or with two Host fields, is served; RFC 9112 3.2 "
-    "requires 400. Remove this marker once fixed."))
 @pytest.mark.deadline(30)
 def test_host_header_is_required_and_unique(gatehouse):
     for raw in (b"GET /hello HTTP/1.1\r\n\r\n",

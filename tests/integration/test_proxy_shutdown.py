@@ -190,9 +190,6 @@ def test_client_gone_while_proxying(start_gatehouse, upstream):
     assert g.metric("gatehouse_bugs_total") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the proxy does not remove headers named in the client's Connection header "
-    "(RFC 9110 7.6.1); remove this marker once gateway/proxy.cc does"))
 @pytest.mark.deadline(30)
 def test_http_target_drops_connection_listed_headers(start_gatehouse, upstream):
     dead = h.dead_port()
@@ -329,10 +326,6 @@ def test_sigterm_grace_cuts_requests_that_take_too_long(start_gatehouse, upstrea
     assert isinstance(result.get("error"), (ConnectionError, OSError)), result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a connection accepted but silent (no request byte yet) is not closed by the drain "
-    "(Session::drain only closes Phase::kIdle, a new session starts in kHeader), so SIGTERM "
-    "waits min(header_timeout, shutdown_grace); remove this marker once http/server.cc does"))
 @pytest.mark.deadline(30)
 def test_sigterm_does_not_wait_for_silent_connections(start_gatehouse):
     def make(port, state_dir):
@@ -405,11 +398,6 @@ class InterimUpstream:
         self.thread.join(5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (responses mixed up between clients): ProxyOp::read takes an upstream 1xx interim "
-    "response (103 Early Hints, 100 Continue) as the final one, relays it, and pools the upstream "
-    "connection with the real response still unread, which the next request through that "
-    "connection receives. Remove this marker once gateway/proxy.cc skips interim responses."))
 @pytest.mark.deadline(30)
 def test_upstream_interim_responses_do_not_mix_up_clients(start_gatehouse):
     up = InterimUpstream()
@@ -439,10 +427,6 @@ def test_upstream_interim_responses_do_not_mix_up_clients(start_gatehouse):
         up.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: after a reload that points an upstream name at a new url, requests keep going to the old "
-    "address through pooled keep-alive connections (Proxy::Pool is keyed by upstream name only). "
-    "Remove this marker once the pool is keyed by endpoint or flushed on reload."))
 @pytest.mark.deadline(30)
 def test_reload_moving_an_upstream_is_not_defeated_by_pooled_connections(start_gatehouse):
     a = h.Upstream().start()
