@@ -1,11 +1,12 @@
 #pragma once
 // gatehouse::config — the typed model of gatehouse.yaml and its loader.
 //
-// load() parses the YAML, checks every field against the bounds declared in schema.cc (one place
-// defines the schema: keys, types, defaults, bounds), runs the cross-field checks (dangling
-// references, duplicates), and returns either an immutable Config or *all* the errors found, each
-// with file:line:col. Unknown keys are errors. A Config is a plain value: copyable, immutable once
-// built, shared between threads as std::shared_ptr<const Config>.
+// load_file() / load_string() parse the YAML, check every field against the bounds declared in
+// schema.cc (one place defines the schema: keys, types, bounds and formats; the defaults are the
+// member initialisers below), run the cross-field checks (dangling references, duplicates), and
+// return either an immutable Config or *all* the errors found, each with file:line:col. Unknown
+// keys are errors. A Config is a plain value: copyable, immutable once built, shared between
+// threads as std::shared_ptr<const Config>. gatehouse.example.yaml documents every key.
 
 #include <chrono>
 #include <cstdint>
@@ -13,93 +14,102 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <vector>
-
 #include <tl/expected.hpp>
+#include <vector>
 
 namespace gatehouse::config {
 
 using std::chrono::milliseconds;
 
 struct Listen {
-  std::string host = "127.0.0.1";  // IPv4 or IPv6 literal, or "localhost"
+  std::string host = "127.0.0.1";  // IPv4 or IPv6 literal (no brackets), or "localhost"
   std::uint16_t port = 8080;       // 0 = kernel-chosen (one port for all workers is then
                                    // not guaranteed; tests pass an explicit port)
 };
 
 struct ServerConfig {
   Listen listen;
-  std::uint32_t threads = 0;                          // 0 = one per core; 1..256
-  milliseconds shutdown_grace{10'000};                // SIGTERM drain deadline; 0..600000
+  std::uint32_t threads = 0;            // 0 = one per core; 1..256
+  milliseconds shutdown_grace{10'000};  // SIGTERM drain deadline; 0..600000
 };
 
 // Limits enforced on the wire, before routing. Each refusal is counted by reason.
 struct WireLimits {
-  std::uint32_t max_header_bytes = 16 * 1024;          // request line + headers; 431 past it. 1 KiB..1 MiB
-  std::uint64_t max_body_bytes = 10 * 1024 * 1024;     // 413 past it; 0..4 GiB
-  milliseconds header_timeout{10'000};                 // whole header must arrive by then; 100..600000
-  milliseconds body_timeout{60'000};                   // whole body must arrive by then; 100..3600000
-  std::uint32_t min_body_rate = 1024;                  // bytes/s after body_grace; 0 = off
-  milliseconds body_grace{5'000};                      // no rate check before; 0..600000
-  milliseconds idle_timeout{60'000};                   // keep-alive idle; 100..3600000
-  std::uint32_t max_connections = 10'000;              // whole process; 1..1000000
-  std::uint32_t max_connections_per_ip = 256;          // 1..1000000
-  std::uint32_t max_pipelined = 32;                    // requests buffered per connection; 1..1024
-  std::uint32_t max_requests_per_connection = 0;       // 0 = unlimited
+  std::uint32_t max_header_bytes = 16 * 1024;  // request line + headers; 431 past it. 1 KiB..1 MiB
+  std::uint64_t max_body_bytes = std::uint64_t{10} * 1024 * 1024;  // 413 past it; 0..4 GiB
+  milliseconds header_timeout{10'000};            // whole header must arrive by then; 100..600000
+  milliseconds body_timeout{60'000};              // whole body must arrive by then; 100..3600000
+  std::uint32_t min_body_rate = 1024;             // bytes/s after body_grace; 0 = off; ..1 GiB
+  milliseconds body_grace{5'000};                 // no rate check before; 0..600000
+  milliseconds idle_timeout{60'000};              // keep-alive idle; 100..3600000
+  std::uint32_t max_connections = 10'000;         // whole process; 1..1000000
+  std::uint32_t max_connections_per_ip = 256;     // 1..1000000
+  std::uint32_t max_pipelined = 32;               // requests buffered per connection; 1..1024
+  std::uint32_t max_requests_per_connection = 0;  // 0 = unlimited; ..4294967295
 };
 
 // What a route answers with.
 struct StaticTarget {
-  std::uint16_t status = 200;                          // 100..599
-  std::string body;                                    // <= 1 MiB
-  std::string content_type = "text/plain";
-  std::vector<std::pair<std::string, std::string>> headers;  // extra response headers
+  std::uint16_t status = 200;               // 100..599
+  std::string body;                         // <= 1 MiB
+  std::string content_type = "text/plain";  // 1..256 bytes, no control characters
+  // Extra response headers, in file order; at most 64. Names are HTTP tokens (framing headers
+  // such as content-length, and content-type, are refused); values <= 8 KiB, no CR/LF.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 struct HttpTarget {
-  std::string upstream;          // name of an entry in Config::upstreams (checked)
-  std::string path_prefix;       // prepended to the forwarded path; "" keeps the request path
-  bool strip_stage = true;       // forward without the stage prefix
+  std::string upstream;     // name of an entry in Config::upstreams (checked)
+  std::string path_prefix;  // prepended to the forwarded path; "" keeps the request path;
+                            // else an absolute path without a trailing '/'
+  bool strip_stage = true;  // forward without the stage prefix
 };
 
 struct Target {
   enum class Kind : std::uint8_t { kStatic, kHttp };
   Kind kind = Kind::kStatic;
-  StaticTarget static_target;    // when kind == kStatic
-  HttpTarget http;               // when kind == kHttp
-  std::string function;          // optional: the function this target stands for (limits layer)
+  StaticTarget static_target;  // when kind == kStatic
+  HttpTarget http;             // when kind == kHttp
+  std::string function;        // optional: the function this target stands for (limits layer);
+                               // YAML routes[].function; [A-Za-z0-9_-]{1,64}
 };
 
 struct Route {
-  std::string name;                   // unique; defaults to "METHOD path"
-  std::vector<std::string> methods;   // upper-case HTTP methods, or {"ANY"}
-  std::string path;                   // template: /items/{id}, /files/{proxy+}
-  std::vector<std::string> stages;    // empty = every stage (or no stage prefix if none defined)
+  std::string name;                  // unique, 1..256 bytes; defaults to "METHOD path" with the
+                                     // methods joined by ',' ("GET,HEAD /items/{id}")
+  std::vector<std::string> methods;  // 1..16 upper-cased HTTP tokens, or {"ANY"} alone
+  std::string path;                  // template: /items/{id}, /files/{proxy+}; starts with '/',
+                                     // params are whole segments, {x+} only last; no "//", "."
+                                     // or ".." segments, no '?' or '#'; <= 2048 bytes
+  std::vector<std::string> stages;   // names from Config::stages (checked), at most 100;
+                                     // empty = every stage (or no stage prefix if none defined)
   Target target;
-  int line = 0;                       // where it was declared, for messages
+  int line = 0;  // 1-based line where it was declared, for messages
 };
 
 struct Stage {
-  std::string name;                   // [A-Za-z0-9_-]{1,64}; requests are /{stage}/...
+  std::string name;  // [A-Za-z0-9_-]{1,64}; requests are /{stage}/...
 };
 
 struct Upstream {
-  std::string name;
-  std::string host;                   // from url http://host:port[/base]
-  std::uint16_t port = 80;
-  std::string base_path;              // from the url, "" or "/v1"
+  std::string name;                     // [A-Za-z0-9_-]{1,64}, unique
+  std::string host;                     // from url http://host[:port][/base]; DNS name or IP
+                                        // literal (IPv6 without brackets); https is refused
+  std::uint16_t port = 80;              // 1..65535
+  std::string base_path;                // from the url, "" or "/v1" (trailing '/' removed)
   milliseconds connect_timeout{2'000};  // 1..60000
   milliseconds timeout{30'000};         // whole response; 1..3600000
   std::uint32_t max_idle = 64;          // idle keep-alive connections kept per worker; 0..10000
-  std::uint64_t max_response_bytes = 10 * 1024 * 1024;
+  std::uint64_t max_response_bytes = std::uint64_t{10} * 1024 * 1024;  // 0..4 GiB
 };
 
 struct AdminConfig {
-  std::string token_sha256;           // hex SHA-256 of the admin token; "" disables admin endpoints
-  std::string health_path = "/healthz";
-  std::string metrics_path = "/metrics";
-  std::string admin_prefix = "/admin";
-  bool metrics_public = false;        // true: /metrics without the admin token
+  std::string token_sha256;               // hex SHA-256 of the admin token, stored lower-case;
+                                          // "" disables admin endpoints
+  std::string health_path = "/healthz";   // absolute paths without parameters;
+  std::string metrics_path = "/metrics";  // metrics_path != health_path
+  std::string admin_prefix = "/admin";    // no trailing '/'
+  bool metrics_public = false;            // true: /metrics without the admin token
 };
 
 struct LogConfig {
@@ -108,37 +118,44 @@ struct LogConfig {
 };
 
 struct StoreConfig {
-  std::string state = "sqlite://./data/gatehouse.db";  // sqlite://PATH (postgres:// later)
+  std::string state = "sqlite://./data/gatehouse.db";  // sqlite://PATH; postgres://... is
+                                                       // accepted here, for later
 };
 
 struct Config {
-  std::string source;                 // path it was loaded from
+  std::string source;  // path it was loaded from
   ServerConfig server;
   WireLimits limits;
   AdminConfig admin;
   LogConfig log;
   StoreConfig store;
-  std::vector<Stage> stages;
-  std::vector<Upstream> upstreams;
-  std::vector<Route> routes;
+  std::vector<Stage> stages;        // at most 100
+  std::vector<Upstream> upstreams;  // at most 1000
+  std::vector<Route> routes;        // at most 10000, in file order
 
+  // The upstream called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const Upstream* find_upstream(std::string_view name) const;
 };
 
 // One problem found in a config file.
 struct ConfigError {
   std::string file;
-  int line = 0;     // 1-based; 0 when unknown (e.g. the file cannot be read)
-  int column = 0;   // 1-based
-  std::string message;  // "routes[2].target.http.upstream: unknown upstream 'api'"
-  [[nodiscard]] std::string to_string() const;  // "file:line:col: message"
+  int line = 0;         // 1-based; 0 when unknown (e.g. the file cannot be read)
+  int column = 0;       // 1-based, in bytes; 0 when unknown
+  std::string message;  // "routes[2].target.http.upstream: unknown upstream 'api'"; user text in
+                        // it is escaped (\xNN) and cut short; secrets are never echoed
+  // "file:line:col: message", or "file: message" when line is 0.
+  [[nodiscard]] std::string to_string() const;
 };
 
 using LoadResult = tl::expected<Config, std::vector<ConfigError>>;
 
-// Loads and validates `path`. Never throws. Errors are sorted by line, then column.
+// Loads and validates `path` (a file, FIFO or /dev/stdin). Never throws. Errors are sorted by
+// line, then column; a file that cannot be read, or is over 16 MiB, is one error with line 0.
+// Only one YAML document is allowed; an empty document gives the defaults. At most 500 errors
+// are reported (checking stops there, and a last error says so). Config::source is `path`.
 [[nodiscard]] LoadResult load_file(const std::string& path);
-// Same, from text; `name` is used as the file name in errors.
+// Same, from text; `name` is used as the file name in errors and as Config::source.
 [[nodiscard]] LoadResult load_string(std::string_view yaml, const std::string& name);
 
 }  // namespace gatehouse::config

@@ -1,1 +1,1191 @@
-// placeholder
+// The schema of gatehouse.yaml: THE one place that lists every key, its type, its bounds and its
+// format. Defaults are the member initialisers in config.h (a value that is absent, or that fails
+// its check, keeps the default). To add a key: add the member (with its default and bounds in a
+// comment) to config.h, add one row to the section's table below, document it in
+// gatehouse.example.yaml, and add a rejection case to tests/unit/config/bad/.
+#include "config/schema.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <limits>
+#include <optional>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "config/value.h"
+
+namespace gatehouse::config::detail {
+namespace {
+
+using std::chrono::milliseconds;
+using namespace std::chrono_literals;
+
+constexpr std::int64_t kKiB = 1024;
+constexpr std::int64_t kMiB = 1024 * kKiB;
+constexpr std::int64_t kGiB = 1024 * kMiB;
+
+// How a key's YAML value is read.
+enum class Kind : std::uint8_t {
+  kBool,        // true | false
+  kInt,         // decimal integer; min..max is the value
+  kSize,        // bytes: 1024, 16KiB, 10MiB, 1GiB; min..max in bytes
+  kDuration,    // 500ms, 10s, 2m, 1h; min..max in milliseconds
+  kString,      // any scalar; min..max is the length in bytes; `format` checks the text
+  kStringList,  // a string or a sequence of strings; min..max items; `format` for each
+  kListen,      // "host:port"
+  kUrl,         // "http://host[:port][/base]"
+  kMethods,     // a method or a sequence of methods; min..max items
+  kHeaders,     // mapping of header name to value; at most max entries
+  kSection,     // a nested mapping with its own table
+  kList,        // a sequence of mappings, each with the table; min..max items
+};
+
+// Extra checks on the text of a kString / kStringList value.
+enum class Format : std::uint8_t {
+  kText,       // anything (response bodies)
+  kLine,       // no control characters except tab
+  kName,       // [A-Za-z0-9_-]{1,64}
+  kRoutePath,  // a route template: /items/{id}, /files/{proxy+}
+  kPath,       // a fixed absolute path: /healthz
+  kPrefix,     // "" or a fixed absolute path without a trailing '/'
+  kSha256,     // "" or 64 hex digits (stored lower-case); never echoed, it may be a pasted token
+  kLogLevel,   // trace|debug|info|warn|error|off
+  kAccessLog,  // stdout|stderr|off|file path
+  kStoreUrl,   // sqlite://PATH or postgres://...; never echoed, it may carry a password
+};
+
+constexpr std::array<std::string_view, 6> kLogLevels{"trace", "debug", "info",
+                                                     "warn",  "error", "off"};
+
+// A YAML value and where to report problems with it: the value's own position, or its key's
+// when the value is null (yaml-cpp marks an empty value at the start of the next token).
+struct Value {
+  YAML::Node node;
+  Position pos;
+};
+
+class Walker;
+
+template <class S>
+struct Field;
+
+// Custom decoding for a key whose value does not land in a single member.
+template <class S>
+using Hook = void (*)(Walker&, const Field<S>&, const Value&, const std::string& path, S&);
+
+// Lists the keys of a nested table, for schema_keys().
+using Describe = void (*)(const std::string& prefix, std::vector<KeyInfo>& out);
+
+template <class S>
+using Slot =
+    std::variant<bool S::*, std::uint16_t S::*, std::uint32_t S::*, std::uint64_t S::*,
+                 milliseconds S::*, std::string S::*, std::vector<std::string> S::*, Hook<S>>;
+
+// One key of section S.
+template <class S>
+struct Field {
+  std::string_view key;
+  Kind kind = Kind::kString;
+  Slot<S> slot;
+  std::int64_t min = 0;  // meaning depends on kind (see Kind)
+  std::int64_t max = 0;
+  Format format = Format::kLine;
+  bool required = false;
+  Describe describe = nullptr;  // kSection and kList only
+};
+
+// ---------------------------------------------------------------------------------------------
+// Diagnostics and the generic walker.
+
+std::string join(const std::string& path, std::string_view key) {
+  if (path.empty()) {
+    return std::string(key);
+  }
+  std::string out;
+  out.reserve(path.size() + 1 + key.size());
+  out += path;
+  out += '.';
+  out += key;
+  return out;
+}
+
+std::string index_path(const std::string& path, std::size_t i) {
+  return path + "[" + std::to_string(i) + "]";
+}
+
+// True if scalar `n` may be read as the YAML core type `type` ("int", "bool"): it is plain
+// (untagged, unquoted) or explicitly tagged with that type (!!int 5).
+bool may_be(const YAML::Node& n, std::string_view type) {
+  const std::string& tag = n.Tag();
+  constexpr std::string_view kCore = "tag:yaml.org,2002:";
+  return tag == "?" ||
+         (tag.size() == kCore.size() + type.size() && std::string_view(tag).starts_with(kCore) &&
+          std::string_view(tag).ends_with(type));
+}
+
+bool is_yaml_bool(std::string_view s) {
+  return s == "true" || s == "True" || s == "TRUE" || s == "false" || s == "False" || s == "FALSE";
+}
+
+// YAML 1.2 core schema float: [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?, .inf, .nan.
+bool is_yaml_float(std::string_view s) {
+  if (s == ".inf" || s == "-.inf" || s == "+.inf" || s == ".nan" || s == ".Inf" || s == ".NaN") {
+    return true;
+  }
+  std::size_t i = 0;
+  const auto digits = [&] {
+    const std::size_t start = i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
+      ++i;
+    }
+    return i - start;
+  };
+  if (i < s.size() && (s[i] == '-' || s[i] == '+')) {
+    ++i;
+  }
+  std::size_t mantissa = digits();
+  if (i < s.size() && s[i] == '.') {
+    ++i;
+    mantissa += digits();
+  }
+  if (mantissa == 0) {
+    return false;
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '-' || s[i] == '+')) {
+      ++i;
+    }
+    if (digits() == 0) {
+      return false;
+    }
+  }
+  return i == s.size();
+}
+
+// What a node is, in the words of an error message: "got a string".
+std::string_view describe_node(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null:
+      return "null";
+    case YAML::NodeType::Sequence:
+      return "a sequence";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Scalar:
+      if (n.Tag() == "?") {
+        const std::string& s = n.Scalar();
+        if (parse_integer(s)) {
+          return "an integer";
+        }
+        if (is_yaml_bool(s)) {
+          return "a boolean";
+        }
+        if (is_yaml_float(s)) {
+          return "a floating-point number";
+        }
+      }
+      return "a string";
+    case YAML::NodeType::Undefined:
+      break;
+  }
+  return "nothing";
+}
+
+class Walker {
+ public:
+  explicit Walker(Decoded& out) : out_(out) {}
+
+  // False once the walk should stop: too many errors, or the expansion budget is spent.
+  [[nodiscard]] bool go() const noexcept { return !stopped_ && !out_.diagnostics.full(); }
+
+  // Charges the expansion budget for visiting a node; false (and one error) once spent.
+  bool charge(const Value& v, std::size_t bytes) {
+    constexpr std::size_t kNodeCost = 32;
+    spent_ += kNodeCost + bytes;
+    if (spent_ > kMaxExpandedBytes && !stopped_) {
+      stopped_ = true;
+      out_.diagnostics.add(v.pos, "",
+                           "the document expands to more than 64 MiB (through aliases?); "
+                           "stopped checking it");
+    }
+    return !stopped_;
+  }
+
+  void error(Position pos, std::string_view path, std::string_view message) {
+    out_.diagnostics.add(pos, path, message);
+  }
+
+  void type_error(const Value& v, std::string_view path, std::string_view expected) {
+    error(v.pos, path,
+          "expected " + std::string(expected) + ", got " + std::string(describe_node(v.node)));
+  }
+
+  void remember(Position pos, const std::string& path) { out_.positions.emplace(path, pos); }
+
+  std::optional<bool> boolean(const Value& v, const std::string& path) {
+    if (v.node.IsScalar() && may_be(v.node, "bool")) {
+      const std::string& s = v.node.Scalar();
+      if (is_yaml_bool(s)) {
+        return s[0] == 't' || s[0] == 'T';
+      }
+    }
+    type_error(v, path, "a boolean (true or false)");
+    return std::nullopt;
+  }
+
+  // kInt: a plain decimal scalar within [min, max].
+  std::optional<std::uint64_t> integer(const Value& v, const std::string& path, std::int64_t min,
+                                       std::int64_t max) {
+    const auto n =
+        v.node.IsScalar() && may_be(v.node, "int") ? parse_integer(v.node.Scalar()) : std::nullopt;
+    if (!n) {
+      type_error(v, path, "an integer");
+      return std::nullopt;
+    }
+    if (!in_range(v, path, *n<min, *n> max, std::to_string(min), std::to_string(max))) {
+      return std::nullopt;
+    }
+    return static_cast<std::uint64_t>(*n);
+  }
+
+  // kSize: bytes, or a whole number with KiB, MiB or GiB, within [min, max] bytes.
+  std::optional<std::uint64_t> size(const Value& v, const std::string& path, std::int64_t min,
+                                    std::int64_t max) {
+    if (!v.node.IsScalar()) {
+      type_error(v, path, "a size");
+      return std::nullopt;
+    }
+    const auto n = parse_size(v.node.Scalar());
+    if (!n) {
+      error(v.pos, path,
+            "expected a size in bytes, or a whole number with KiB, MiB or GiB (e.g. 16KiB), "
+            "got '" +
+                printable(v.node.Scalar()) + "'");
+      return std::nullopt;
+    }
+    if (!in_range(v, path, *n<static_cast<std::uint64_t>(min), *n> static_cast<std::uint64_t>(max),
+                  std::to_string(min), std::to_string(max))) {
+      return std::nullopt;
+    }
+    return *n;
+  }
+
+  // kDuration: a whole number with a unit, within [min, max].
+  std::optional<milliseconds> duration(const Value& v, const std::string& path, std::int64_t min,
+                                       std::int64_t max) {
+    if (!v.node.IsScalar()) {
+      type_error(v, path, "a duration");
+      return std::nullopt;
+    }
+    const std::string& s = v.node.Scalar();
+    const auto d = parse_duration(s);
+    if (!d) {
+      if (parse_integer(s)) {
+        error(v.pos, path,
+              "duration " + printable(s) + " needs a unit: ms, s, m or h (e.g. " + printable(s) +
+                  "s)");
+      } else {
+        error(v.pos, path,
+              "expected a duration: a whole number with ms, s, m or h (e.g. 10s), got '" +
+                  printable(s) + "'");
+      }
+      return std::nullopt;
+    }
+    if (!in_range(v, path, d->count() < min, d->count() > max, format_duration(milliseconds(min)),
+                  format_duration(milliseconds(max)))) {
+      return std::nullopt;
+    }
+    return *d;
+  }
+
+  // kString: any scalar (YAML plain numbers and booleans are taken as their text), length
+  // within [min, max] bytes, then `format`.
+  std::optional<std::string> string(const Value& v, const std::string& path, std::int64_t min,
+                                    std::int64_t max, Format format) {
+    if (!v.node.IsScalar()) {
+      type_error(v, path, "a string");
+      return std::nullopt;
+    }
+    std::string s = v.node.Scalar();
+    if (!charge(v, s.size())) {
+      return std::nullopt;
+    }
+    const auto len = static_cast<std::int64_t>(s.size());
+    if (len < min) {
+      error(v.pos, path,
+            min == 1 ? std::string("must not be empty")
+                     : "is " + std::to_string(len) + " bytes long; the minimum is " +
+                           std::to_string(min));
+      return std::nullopt;
+    }
+    if (len > max) {
+      error(v.pos, path,
+            "is " + std::to_string(len) + " bytes long; the maximum is " + std::to_string(max));
+      return std::nullopt;
+    }
+    if (auto err = check_format(format, s)) {
+      error(v.pos, path, *err);
+      return std::nullopt;
+    }
+    return s;
+  }
+
+ private:
+  bool in_range(const Value& v, std::string_view path, bool below, bool above,
+                const std::string& min, const std::string& max) {
+    if (below) {
+      error(v.pos, path, printable(v.node.Scalar()) + " is below the minimum " + min);
+      return false;
+    }
+    if (above) {
+      error(v.pos, path, printable(v.node.Scalar()) + " is above the maximum " + max);
+      return false;
+    }
+    return true;
+  }
+
+  // An error message, or nullopt; may normalise `s` (kSha256 lower-cases it).
+  static std::optional<std::string> check_format(Format format, std::string& s) {
+    switch (format) {
+      case Format::kText:
+        return std::nullopt;
+      case Format::kLine:
+        if (has_control(s, true)) {
+          return "must not contain control characters (such as newlines)";
+        }
+        return std::nullopt;
+      case Format::kName:
+        if (s.empty() || s.size() > 64 || !is_name(s)) {
+          return "'" + printable(s) +
+                 "' is not a valid name: use 1 to 64 letters, digits, '_' or '-'";
+        }
+        return std::nullopt;
+      case Format::kRoutePath:
+        return check_path_template(s);
+      case Format::kPath:
+        return check_absolute_path(s);
+      case Format::kPrefix:
+        if (s.empty()) {
+          return std::nullopt;
+        }
+        if (auto err = check_absolute_path(s)) {
+          return err;
+        }
+        if (s.back() == '/') {
+          return "'" + printable(s) + "' must not end with '/'";
+        }
+        return std::nullopt;
+      case Format::kSha256:
+        if (s.empty()) {
+          return std::nullopt;
+        }
+        if (!is_sha256_hex(s)) {
+          return "must be \"\" or 64 hex digits (the SHA-256 of the token, "
+                 "printf %s TOKEN | sha256sum), got " +
+                 std::to_string(s.size()) + " characters";
+        }
+        std::transform(s.begin(), s.end(), s.begin(), [](char c) {
+          return c >= 'A' && c <= 'F' ? static_cast<char>(c - 'A' + 'a') : c;
+        });
+        return std::nullopt;
+      case Format::kLogLevel:
+        if (std::find(kLogLevels.begin(), kLogLevels.end(), s) == kLogLevels.end()) {
+          return "'" + printable(s) + "' is not one of trace, debug, info, warn, error, off";
+        }
+        return std::nullopt;
+      case Format::kAccessLog:
+        if (has_control(s, false)) {
+          return "must be stdout, stderr, off or a file path without control characters";
+        }
+        return std::nullopt;
+      case Format::kStoreUrl: {
+        constexpr std::string_view kSqlite = "sqlite://";
+        constexpr std::string_view kPostgres = "postgres://";
+        const std::string_view sv = s;
+        if (has_control(s, false)) {
+          return "must not contain control characters";
+        }
+        if (sv.substr(0, kSqlite.size()) == kSqlite) {
+          if (sv.size() == kSqlite.size()) {
+            return "sqlite:// needs a file path, e.g. sqlite://./data/gatehouse.db";
+          }
+          return std::nullopt;
+        }
+        if (sv.substr(0, kPostgres.size()) == kPostgres && sv.size() > kPostgres.size()) {
+          return std::nullopt;
+        }
+        return "must start with sqlite:// or postgres://";
+      }
+    }
+    return std::nullopt;
+  }
+
+  Decoded& out_;
+  std::size_t spent_ = 0;
+  bool stopped_ = false;
+};
+
+// A table as the span walk_map takes (a fixed-extent span would not deduce).
+template <class S, std::size_t N>
+std::span<const Field<S>> rows(const std::array<Field<S>, N>& table) {
+  return table;
+}
+
+template <class S>
+void decode_field(Walker& w, const Field<S>& f, const Value& v, const std::string& path, S& out);
+template <class S>
+void decode_string_list(Walker& w, const Field<S>& f, const Value& v, const std::string& path,
+                        std::vector<std::string>& out);
+
+// Walks mapping `v` with `table` into `out`; returns the set of table rows seen (bit i = row i).
+template <class S>
+std::uint64_t walk_map(Walker& w, const Value& v, const std::string& path,
+                       std::span<const Field<S>> table, S& out) {
+  static_assert(std::is_default_constructible_v<S>);
+  std::uint64_t seen = 0;
+  if (v.node.IsMap()) {
+    for (auto it = v.node.begin(); it != v.node.end() && w.go(); ++it) {
+      const YAML::Node key = it->first;
+      const Value value{it->second,
+                        it->second.IsNull() ? position_of(key) : position_of(it->second)};
+      const Position key_pos = position_of(key);
+      if (!w.charge(value, 0)) {
+        break;
+      }
+      if (!key.IsScalar()) {
+        w.type_error(Value{key, key_pos}, path, "a string as the key");
+        continue;
+      }
+      const std::string& name = key.Scalar();
+      const auto row = std::find_if(table.begin(), table.end(),
+                                    [&](const Field<S>& f) { return f.key == name; });
+      if (row == table.end()) {
+        std::array<std::string_view, 64> keys{};
+        const std::size_t n = std::min(keys.size(), table.size());
+        for (std::size_t i = 0; i < n; ++i) {
+          keys[i] = table[i].key;
+        }
+        std::string message = "unknown key";
+        if (name == "<<") {
+          message += " (YAML merge keys are not supported)";
+        }
+        const std::string_view guess = closest(name, std::span(keys.data(), n));
+        if (!guess.empty()) {
+          message += " (did you mean '" + std::string(guess) + "'?)";
+        }
+        w.error(key_pos, join(path, printable(name)), message);
+        continue;
+      }
+      const auto index = static_cast<std::size_t>(row - table.begin());
+      const std::string child = join(path, row->key);
+      if ((seen & (std::uint64_t{1} << index)) != 0) {
+        w.error(key_pos, child, "duplicate key");
+        continue;
+      }
+      seen |= std::uint64_t{1} << index;
+      w.remember(value.pos, child);
+      decode_field(w, *row, value, child, out);
+    }
+  } else if (!v.node.IsNull()) {
+    w.type_error(v, path, "a mapping");
+    return 0;
+  }
+  if (!w.go()) {
+    return seen;
+  }
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    if (table[i].required && (seen & (std::uint64_t{1} << i)) == 0) {
+      w.error(v.pos, path, "missing required key '" + std::string(table[i].key) + "'");
+    }
+  }
+  return seen;
+}
+
+template <class S>
+void decode_field(Walker& w, const Field<S>& f, const Value& v, const std::string& path, S& out) {
+  std::visit(
+      [&](auto slot) {
+        using T = decltype(slot);
+        if constexpr (std::is_same_v<T, Hook<S>>) {
+          slot(w, f, v, path, out);
+        } else if constexpr (std::is_same_v<T, bool S::*>) {
+          if (auto b = w.boolean(v, path)) {
+            out.*slot = *b;
+          }
+        } else if constexpr (std::is_same_v<T, milliseconds S::*>) {
+          if (auto d = w.duration(v, path, f.min, f.max)) {
+            out.*slot = *d;
+          }
+        } else if constexpr (std::is_same_v<T, std::string S::*>) {
+          if (auto s = w.string(v, path, f.min, f.max, f.format)) {
+            out.*slot = std::move(*s);
+          }
+        } else if constexpr (std::is_same_v<T, std::vector<std::string> S::*>) {
+          decode_string_list(w, f, v, path, out.*slot);
+        } else {
+          // An unsigned integer member; kInt or kSize. The bounds fit the member (checked by
+          // the static_asserts below the tables), so the cast cannot truncate.
+          using M = std::remove_reference_t<decltype(out.*slot)>;
+          const auto n = f.kind == Kind::kSize ? w.size(v, path, f.min, f.max)
+                                               : w.integer(v, path, f.min, f.max);
+          if (n) {
+            out.*slot = static_cast<M>(*n);
+          }
+        }
+      },
+      f.slot);
+}
+
+// A string or a sequence of strings, each checked with `f.format`; no duplicates. An item that
+// fails is kept as "" (and a duplicate is kept too) so that indices still match the paths in
+// messages; the config is discarded anyway once there is an error.
+template <class S>
+void decode_string_list(Walker& w, const Field<S>& f, const Value& v, const std::string& path,
+                        std::vector<std::string>& out) {
+  constexpr auto kAnyLength = std::numeric_limits<std::int64_t>::max();
+  if (v.node.IsScalar()) {
+    auto s = w.string(v, path, 0, kAnyLength, f.format);
+    out.push_back(s ? std::move(*s) : std::string());
+    return;
+  }
+  if (!v.node.IsSequence()) {
+    w.type_error(v, path, "a string or a sequence of strings");
+    return;
+  }
+  if (static_cast<std::int64_t>(v.node.size()) > f.max) {
+    w.error(
+        v.pos, path,
+        "has " + std::to_string(v.node.size()) + " items; the maximum is " + std::to_string(f.max));
+    return;
+  }
+  std::size_t i = 0;
+  for (auto it = v.node.begin(); it != v.node.end() && w.go(); ++it, ++i) {
+    const Value item{*it, position_of(*it)};
+    const std::string item_path = index_path(path, i);
+    w.remember(item.pos, item_path);
+    auto s = w.string(item, item_path, 0, kAnyLength, f.format);
+    if (!s) {
+      out.emplace_back();
+      continue;
+    }
+    if (std::find(out.begin(), out.end(), *s) != out.end()) {
+      w.error(item.pos, item_path, "duplicate '" + printable(*s) + "'");
+    }
+    out.push_back(std::move(*s));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nested sections and lists.
+
+template <class T>
+struct MemberOf;
+template <class S, class C>
+struct MemberOf<C S::*> {
+  using Owner = S;
+  using Type = C;
+};
+template <auto Member>
+using OwnerOf = typename MemberOf<decltype(Member)>::Owner;
+template <auto Member>
+using TypeOf = typename MemberOf<decltype(Member)>::Type;
+
+template <class S>
+std::string_view kind_name(const Field<S>& f);
+template <class S>
+std::string bounds_text(const Field<S>& f);
+template <class S>
+std::string default_text(const Field<S>& f);
+
+template <const auto& Table>
+void describe_table(const std::string& prefix, std::vector<KeyInfo>& out) {
+  for (const auto& f : Table) {
+    const std::string path = join(prefix, f.key);
+    out.push_back(KeyInfo{path, kind_name(f), bounds_text(f), default_text(f), f.required});
+    if (f.describe != nullptr) {
+      f.describe(f.kind == Kind::kList ? path + "[]" : path, out);
+    }
+  }
+}
+
+template <auto Member, const auto& Table>
+void section_hook(Walker& w, const Field<OwnerOf<Member>>& /*f*/, const Value& v,
+                  const std::string& path, OwnerOf<Member>& out) {
+  walk_map(w, v, path, rows(Table), out.*Member);
+}
+
+template <auto Member, const auto& Table>
+void list_hook(Walker& w, const Field<OwnerOf<Member>>& f, const Value& v, const std::string& path,
+               OwnerOf<Member>& out) {
+  using C = typename TypeOf<Member>::value_type;
+  if (v.node.IsNull()) {
+    return;
+  }
+  if (!v.node.IsSequence()) {
+    w.type_error(v, path, "a sequence");
+    return;
+  }
+  if (static_cast<std::int64_t>(v.node.size()) > f.max) {
+    w.error(
+        v.pos, path,
+        "has " + std::to_string(v.node.size()) + " items; the maximum is " + std::to_string(f.max));
+    return;
+  }
+  auto& list = out.*Member;
+  std::size_t i = 0;
+  for (auto it = v.node.begin(); it != v.node.end() && w.go(); ++it, ++i) {
+    const Value item{*it, position_of(*it)};
+    const std::string item_path = index_path(path, i);
+    w.remember(item.pos, item_path);
+    // Every item is kept, valid or not, so list indices match the paths in messages.
+    C c{};
+    if constexpr (requires { c.line; }) {
+      c.line = item.pos.line;
+    }
+    if (!item.node.IsMap()) {
+      w.type_error(item, item_path, "a mapping");
+    } else {
+      walk_map(w, item, item_path, rows(Table), c);
+    }
+    list.push_back(std::move(c));
+  }
+}
+
+template <auto Member, const auto& Table>
+constexpr Field<OwnerOf<Member>> section(std::string_view key, bool required = false) {
+  return {.key = key,
+          .kind = Kind::kSection,
+          .slot = Hook<OwnerOf<Member>>{&section_hook<Member, Table>},
+          .required = required,
+          .describe = &describe_table<Table>};
+}
+
+template <auto Member, const auto& Table>
+constexpr Field<OwnerOf<Member>> list(std::string_view key, std::int64_t max_items) {
+  return {.key = key,
+          .kind = Kind::kList,
+          .slot = Hook<OwnerOf<Member>>{&list_hook<Member, Table>},
+          .min = 0,
+          .max = max_items,
+          .describe = &describe_table<Table>};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row builders, so the tables read as declarations.
+
+template <class S, class T>
+constexpr Field<S> integer(std::string_view key, T S::*member, std::int64_t min, std::int64_t max) {
+  return {.key = key, .kind = Kind::kInt, .slot = member, .min = min, .max = max};
+}
+
+template <class S, class T>
+constexpr Field<S> size(std::string_view key, T S::*member, std::int64_t min, std::int64_t max) {
+  return {.key = key, .kind = Kind::kSize, .slot = member, .min = min, .max = max};
+}
+
+template <class S>
+constexpr Field<S> duration(std::string_view key, milliseconds S::*member, milliseconds min,
+                            milliseconds max) {
+  return {
+      .key = key, .kind = Kind::kDuration, .slot = member, .min = min.count(), .max = max.count()};
+}
+
+template <class S>
+constexpr Field<S> boolean(std::string_view key, bool S::*member) {
+  return {.key = key, .kind = Kind::kBool, .slot = member};
+}
+
+template <class S>
+constexpr Field<S> string(std::string_view key, std::string S::*member, std::int64_t min,
+                          std::int64_t max, Format format, bool required = false) {
+  return {.key = key,
+          .kind = Kind::kString,
+          .slot = member,
+          .min = min,
+          .max = max,
+          .format = format,
+          .required = required};
+}
+
+template <class S>
+constexpr Field<S> custom(std::string_view key, Kind kind, Hook<S> hook, std::int64_t min,
+                          std::int64_t max, Format format, bool required = false) {
+  return {.key = key,
+          .kind = kind,
+          .slot = hook,
+          .min = min,
+          .max = max,
+          .format = format,
+          .required = required};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks for values that are not a single member.
+
+void decode_listen(Walker& w, const Field<ServerConfig>& f, const Value& v, const std::string& path,
+                   ServerConfig& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  auto listen = parse_listen(*s);
+  if (!listen) {
+    w.error(v.pos, path, listen.error());
+    return;
+  }
+  out.listen = std::move(*listen);
+}
+
+void decode_url(Walker& w, const Field<Upstream>& f, const Value& v, const std::string& path,
+                Upstream& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  auto url = parse_upstream_url(*s);
+  if (!url) {
+    w.error(v.pos, path, url.error());
+    return;
+  }
+  out.host = std::move(url->host);
+  out.port = url->port;
+  out.base_path = std::move(url->base_path);
+}
+
+// A method or a list of methods, upper-cased; "ANY" only alone.
+void decode_methods(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
+                    Route& out) {
+  std::vector<std::pair<Value, std::string>> items;  // value, its path
+  if (v.node.IsScalar()) {
+    items.emplace_back(v, path);
+  } else if (v.node.IsSequence()) {
+    if (static_cast<std::int64_t>(v.node.size()) > f.max) {
+      w.error(v.pos, path,
+              "has " + std::to_string(v.node.size()) + " items; the maximum is " +
+                  std::to_string(f.max));
+      return;
+    }
+    std::size_t i = 0;
+    for (auto it = v.node.begin(); it != v.node.end(); ++it, ++i) {
+      items.emplace_back(Value{*it, position_of(*it)}, index_path(path, i));
+    }
+  } else {
+    w.type_error(v, path, "a method or a sequence of methods");
+    return;
+  }
+  if (items.empty()) {
+    w.error(v.pos, path, "must list at least one method");
+    return;
+  }
+  bool any = false;
+  for (const auto& [item, item_path] : items) {
+    auto m = w.string(item, item_path, 1, 32, Format::kLine);
+    if (!m) {
+      continue;
+    }
+    std::transform(m->begin(), m->end(), m->begin(), [](char c) {
+      return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c;
+    });
+    if (!is_http_token(*m)) {
+      w.error(item.pos, item_path, "'" + printable(*m) + "' is not a valid HTTP method");
+      continue;
+    }
+    if (std::find(out.methods.begin(), out.methods.end(), *m) != out.methods.end()) {
+      w.error(item.pos, item_path, "duplicate method '" + *m + "'");
+      continue;
+    }
+    any = any || *m == "ANY";
+    out.methods.push_back(std::move(*m));
+  }
+  if (any && out.methods.size() > 1) {
+    w.error(v.pos, path, "ANY cannot be combined with other methods");
+  }
+}
+
+void decode_function(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
+                     Route& out) {
+  if (auto s = w.string(v, path, f.min, f.max, f.format)) {
+    out.target.function = std::move(*s);
+  }
+}
+
+// Response headers the gateway computes itself; configuring them would let a route corrupt
+// the framing of its own responses. Returns why `name` is refused, or nullopt.
+std::optional<std::string_view> reserved_header(std::string_view name) {
+  constexpr std::array<std::string_view, 7> kFraming{
+      "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+      "trailer"};
+  std::string lower(name);
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](char c) {
+    return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+  });
+  if (lower == "content-type") {
+    return "set content_type instead";
+  }
+  if (std::find(kFraming.begin(), kFraming.end(), lower) != kFraming.end()) {
+    return "is set by the gateway and cannot be configured";
+  }
+  return std::nullopt;
+}
+
+void decode_headers(Walker& w, const Field<StaticTarget>& f, const Value& v,
+                    const std::string& path, StaticTarget& out) {
+  if (v.node.IsNull()) {
+    return;
+  }
+  if (!v.node.IsMap()) {
+    w.type_error(v, path, "a mapping of header names to values");
+    return;
+  }
+  if (static_cast<std::int64_t>(v.node.size()) > f.max) {
+    w.error(v.pos, path,
+            "has " + std::to_string(v.node.size()) + " headers; the maximum is " +
+                std::to_string(f.max));
+    return;
+  }
+  for (auto it = v.node.begin(); it != v.node.end() && w.go(); ++it) {
+    const Value key{it->first, position_of(it->first)};
+    const Value value{it->second, it->second.IsNull() ? key.pos : position_of(it->second)};
+    if (!key.node.IsScalar()) {
+      w.type_error(key, path, "a header name");
+      continue;
+    }
+    const std::string& name = key.node.Scalar();
+    const std::string header_path = join(path, printable(name));
+    if (name.size() > 256 || !is_http_token(name)) {
+      w.error(key.pos, header_path, "'" + printable(name) + "' is not a valid header name");
+      continue;
+    }
+    if (const auto reason = reserved_header(name)) {
+      w.error(key.pos, header_path, *reason);
+      continue;
+    }
+    const bool duplicate = std::any_of(out.headers.begin(), out.headers.end(),
+                                       [&](const auto& h) { return h.first == name; });
+    if (duplicate) {
+      w.error(key.pos, header_path, "duplicate key");
+      continue;
+    }
+    auto text = w.string(value, header_path, 0, 8 * kKiB, Format::kLine);
+    if (text) {
+      out.headers.emplace_back(name, std::move(*text));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tables. Leaves first: a section's table must be declared before the table that nests it.
+
+constexpr std::array kServerFields{
+    custom<ServerConfig>("listen", Kind::kListen, &decode_listen, 1, 256, Format::kLine),
+    integer("threads", &ServerConfig::threads, 0, 256),
+    duration("shutdown_grace", &ServerConfig::shutdown_grace, 0ms, 10min),
+};
+
+constexpr std::array kLimitsFields{
+    size("max_header_bytes", &WireLimits::max_header_bytes, 1 * kKiB, 1 * kMiB),
+    size("max_body_bytes", &WireLimits::max_body_bytes, 0, 4 * kGiB),
+    duration("header_timeout", &WireLimits::header_timeout, 100ms, 10min),
+    duration("body_timeout", &WireLimits::body_timeout, 100ms, 1h),
+    size("min_body_rate", &WireLimits::min_body_rate, 0, 1 * kGiB),
+    duration("body_grace", &WireLimits::body_grace, 0ms, 10min),
+    duration("idle_timeout", &WireLimits::idle_timeout, 100ms, 1h),
+    integer("max_connections", &WireLimits::max_connections, 1, 1'000'000),
+    integer("max_connections_per_ip", &WireLimits::max_connections_per_ip, 1, 1'000'000),
+    integer("max_pipelined", &WireLimits::max_pipelined, 1, 1024),
+    integer("max_requests_per_connection", &WireLimits::max_requests_per_connection, 0,
+            std::numeric_limits<std::uint32_t>::max()),
+};
+
+constexpr std::array kAdminFields{
+    string("token_sha256", &AdminConfig::token_sha256, 0, 64, Format::kSha256),
+    string("health_path", &AdminConfig::health_path, 1, 1024, Format::kPath),
+    string("metrics_path", &AdminConfig::metrics_path, 1, 1024, Format::kPath),
+    string("admin_prefix", &AdminConfig::admin_prefix, 1, 1024, Format::kPrefix),
+    boolean("metrics_public", &AdminConfig::metrics_public),
+};
+
+constexpr std::array kLogFields{
+    string("level", &LogConfig::level, 1, 64, Format::kLogLevel),
+    string("access_log", &LogConfig::access_log, 1, 4096, Format::kAccessLog),
+};
+
+constexpr std::array kStoreFields{
+    string("state", &StoreConfig::state, 1, 4096, Format::kStoreUrl),
+};
+
+constexpr std::array kStageFields{
+    string("name", &Stage::name, 1, 64, Format::kName, /*required=*/true),
+};
+
+constexpr std::array kUpstreamFields{
+    string("name", &Upstream::name, 1, 64, Format::kName, /*required=*/true),
+    custom<Upstream>("url", Kind::kUrl, &decode_url, 1, 2048, Format::kLine, /*required=*/true),
+    duration("connect_timeout", &Upstream::connect_timeout, 1ms, 1min),
+    duration("timeout", &Upstream::timeout, 1ms, 1h),
+    integer("max_idle", &Upstream::max_idle, 0, 10'000),
+    size("max_response_bytes", &Upstream::max_response_bytes, 0, 4 * kGiB),
+};
+
+constexpr std::array kStaticFields{
+    integer("status", &StaticTarget::status, 100, 599),
+    string("body", &StaticTarget::body, 0, 1 * kMiB, Format::kText),
+    string("content_type", &StaticTarget::content_type, 1, 256, Format::kLine),
+    custom<StaticTarget>("headers", Kind::kHeaders, &decode_headers, 0, 64, Format::kLine),
+};
+
+constexpr std::array kHttpFields{
+    string("upstream", &HttpTarget::upstream, 1, 64, Format::kName, /*required=*/true),
+    string("path_prefix", &HttpTarget::path_prefix, 0, 1024, Format::kPrefix),
+    boolean("strip_stage", &HttpTarget::strip_stage),
+};
+
+constexpr std::array kTargetFields{
+    section<&Target::static_target, kStaticFields>("static"),
+    section<&Target::http, kHttpFields>("http"),
+};
+
+// A target is exactly one of static or http.
+void decode_target(Walker& w, const Field<Route>& /*f*/, const Value& v, const std::string& path,
+                   Route& out) {
+  const std::uint64_t seen = walk_map(w, v, path, rows(kTargetFields), out.target);
+  if (!v.node.IsMap() && !v.node.IsNull()) {
+    return;  // already reported
+  }
+  constexpr std::uint64_t kStatic = 1;  // rows of kTargetFields
+  constexpr std::uint64_t kHttp = 2;
+  if (seen == (kStatic | kHttp)) {
+    w.error(v.pos, path, "has both 'static' and 'http'; a target is exactly one of them");
+  } else if (seen == 0) {
+    w.error(v.pos, path, "needs one of 'static' or 'http'");
+  }
+  out.target.kind = seen == kHttp ? Target::Kind::kHttp : Target::Kind::kStatic;
+}
+
+constexpr std::array kRouteFields{
+    string("name", &Route::name, 1, 256, Format::kLine),
+    custom<Route>("method", Kind::kMethods, &decode_methods, 1, 16, Format::kLine,
+                  /*required=*/true),
+    string("path", &Route::path, 1, 2048, Format::kRoutePath, /*required=*/true),
+    Field<Route>{.key = "stages",
+                 .kind = Kind::kStringList,
+                 .slot = &Route::stages,
+                 .min = 0,
+                 .max = 100,
+                 .format = Format::kName},
+    custom<Route>("function", Kind::kString, &decode_function, 1, 64, Format::kName),
+    Field<Route>{.key = "target",
+                 .kind = Kind::kSection,
+                 .slot = Hook<Route>{&decode_target},
+                 .required = true,
+                 .describe = &describe_table<kTargetFields>},
+};
+
+constexpr std::array kConfigFields{
+    section<&Config::server, kServerFields>("server"),
+    section<&Config::limits, kLimitsFields>("limits"),
+    section<&Config::admin, kAdminFields>("admin"),
+    section<&Config::log, kLogFields>("log"),
+    section<&Config::store, kStoreFields>("store"),
+    list<&Config::stages, kStageFields>("stages", 100),
+    list<&Config::upstreams, kUpstreamFields>("upstreams", 1000),
+    list<&Config::routes, kRouteFields>("routes", 10'000),
+};
+
+// Bounds must fit the member they land in, and tables must fit the 64-bit `seen` mask.
+template <class S, std::size_t N>
+constexpr bool well_formed(const std::array<Field<S>, N>& table) {
+  if (N > 64) {
+    return false;
+  }
+  for (const Field<S>& f : table) {
+    if (f.min < 0 || f.min > f.max) {
+      return false;
+    }
+    const bool fits = std::visit(
+        [&](auto slot) {
+          using T = decltype(slot);
+          if constexpr (std::is_same_v<T, std::uint16_t S::*>) {
+            return f.max <= std::numeric_limits<std::uint16_t>::max();
+          } else if constexpr (std::is_same_v<T, std::uint32_t S::*>) {
+            return f.max <= std::numeric_limits<std::uint32_t>::max();
+          } else {
+            return true;
+          }
+        },
+        f.slot);
+    if (!fits) {
+      return false;
+    }
+  }
+  return true;
+}
+static_assert(well_formed(kServerFields));
+static_assert(well_formed(kLimitsFields));
+static_assert(well_formed(kAdminFields));
+static_assert(well_formed(kLogFields));
+static_assert(well_formed(kStoreFields));
+static_assert(well_formed(kStageFields));
+static_assert(well_formed(kUpstreamFields));
+static_assert(well_formed(kStaticFields));
+static_assert(well_formed(kHttpFields));
+static_assert(well_formed(kTargetFields));
+static_assert(well_formed(kRouteFields));
+static_assert(well_formed(kConfigFields));
+
+// ---------------------------------------------------------------------------------------------
+// Introspection for schema_keys().
+
+template <class S>
+std::string_view kind_name(const Field<S>& f) {
+  switch (f.kind) {
+    case Kind::kBool:
+      return "boolean";
+    case Kind::kInt:
+      return "integer";
+    case Kind::kSize:
+      return "size";
+    case Kind::kDuration:
+      return "duration";
+    case Kind::kString:
+      return "string";
+    case Kind::kStringList:
+      return "string list";
+    case Kind::kListen:
+      return "host:port";
+    case Kind::kUrl:
+      return "url";
+    case Kind::kMethods:
+      return "method list";
+    case Kind::kHeaders:
+      return "header map";
+    case Kind::kSection:
+      return "section";
+    case Kind::kList:
+      return "list";
+  }
+  return "?";
+}
+
+template <class S>
+std::string bounds_text(const Field<S>& f) {
+  std::string range = std::to_string(f.min) + ".." + std::to_string(f.max);
+  switch (f.kind) {
+    case Kind::kInt:
+    case Kind::kSize:
+      return range;
+    case Kind::kDuration:
+      return format_duration(milliseconds(f.min)) + ".." + format_duration(milliseconds(f.max));
+    case Kind::kString:
+    case Kind::kListen:
+    case Kind::kUrl:
+      return range + " bytes";
+    case Kind::kStringList:
+    case Kind::kMethods:
+    case Kind::kHeaders:
+    case Kind::kList:
+      return "at most " + std::to_string(f.max) + " items";
+    case Kind::kBool:
+    case Kind::kSection:
+      break;
+  }
+  return "";
+}
+
+template <class S>
+std::string default_text(const Field<S>& f) {
+  // static: GCC 12 at -O2 wrongly reports a local value-initialized S as maybe-uninitialized.
+  static const S defaults{};
+  return std::visit(
+      [&](auto slot) -> std::string {
+        using T = decltype(slot);
+        if constexpr (std::is_same_v<T, Hook<S>>) {
+          return "";
+        } else if constexpr (std::is_same_v<T, bool S::*>) {
+          return defaults.*slot ? "true" : "false";
+        } else if constexpr (std::is_same_v<T, milliseconds S::*>) {
+          return format_duration(defaults.*slot);
+        } else if constexpr (std::is_same_v<T, std::string S::*>) {
+          return "\"" + defaults.*slot + "\"";
+        } else if constexpr (std::is_same_v<T, std::vector<std::string> S::*>) {
+          return "[]";
+        } else {
+          return std::to_string(defaults.*slot);
+        }
+      },
+      f.slot);
+}
+
+}  // namespace
+
+Position position_of(const YAML::Node& node) {
+  const YAML::Mark mark = node.Mark();
+  if (mark.is_null() || mark.line < 0 || mark.column < 0) {
+    return {};
+  }
+  return {mark.line + 1, mark.column + 1};
+}
+
+void Diagnostics::add(Position pos, std::string_view path, std::string_view message) {
+  if (full()) {
+    dropped_ = true;
+    return;
+  }
+  if (errors_.size() + 1 == kMaxErrors) {
+    dropped_ = true;  // the walk stops here, so more errors may go unreported
+  }
+  ConfigError e;
+  e.line = pos.line;
+  e.column = pos.column;
+  if (!path.empty()) {
+    e.message.reserve(path.size() + 2 + message.size());
+    e.message += path;
+    e.message += ": ";
+  }
+  e.message += message;
+  errors_.push_back(std::move(e));
+}
+
+std::vector<ConfigError> Diagnostics::take(const std::string& file) && {
+  std::stable_sort(errors_.begin(), errors_.end(), [](const ConfigError& a, const ConfigError& b) {
+    return a.line != b.line ? a.line < b.line : a.column < b.column;
+  });
+  if (dropped_ && !errors_.empty()) {
+    ConfigError note = errors_.back();
+    note.message =
+        "too many errors; stopped checking after " + std::to_string(kMaxErrors) + " of them";
+    errors_.push_back(std::move(note));
+  }
+  for (ConfigError& e : errors_) {
+    e.file = file;
+  }
+  return std::move(errors_);
+}
+
+Position Decoded::position(std::string_view path) const {
+  const auto it = positions.find(path);
+  return it == positions.end() ? Position{} : it->second;
+}
+
+void decode(const YAML::Node& root, Decoded& out) {
+  Walker w(out);
+  const Value v{root, position_of(root)};
+  if (!root.IsMap() && !root.IsNull()) {
+    w.error(v.pos, "",
+            "expected a mapping at the top level, got " + std::string(describe_node(root)));
+    return;
+  }
+  walk_map(w, v, "", rows(kConfigFields), out.config);
+}
+
+std::vector<KeyInfo> schema_keys() {
+  std::vector<KeyInfo> out;
+  describe_table<kConfigFields>("", out);
+  return out;
+}
+
+}  // namespace gatehouse::config::detail

@@ -259,7 +259,6 @@ class GatewayImpl final : public Gateway {
   GatewayImpl(Stages stages, std::unique_ptr<store::Store> store, unsigned workers)
       : stages_(std::move(stages)),
         store_(std::move(store)),
-        workers_(workers),
         metrics_(workers),
         proxy_(workers),
         pipeline_(*this, workers) {}
@@ -477,7 +476,6 @@ class GatewayImpl final : public Gateway {
 
   Stages stages_;
   std::unique_ptr<store::Store> store_;
-  unsigned workers_;
   mutable Metrics metrics_;
   std::unique_ptr<http::Server> server_;  // declared before proxy_: destroyed after it
   Proxy proxy_;
@@ -503,6 +501,7 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   RequestContext& ctx = c.ctx;
   ctx.snapshot = &s;
   ctx.route = nullptr;
+  ctx.route_name = {};
   ctx.request = &ex.request();
   ctx.principal = Principal{};
   ctx.remote_ip = ex.remote_ip();
@@ -543,6 +542,7 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   }
   ctx.route_index = ctx.match.route;
   ctx.route = &s.routes[ctx.match.route];
+  ctx.route_name = ctx.route->route->name;
   ctx.function = ctx.route->route->target.function;
 
   Refusal r;

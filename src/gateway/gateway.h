@@ -36,6 +36,7 @@ struct Principal {
 struct RequestContext {
   const Snapshot* snapshot = nullptr;
   const RouteEntry* route = nullptr;     // set by the route stage
+  std::string_view route_name;           // the matched route's name (config), set with route
   const http::Request* request = nullptr;
   http::Match match;                     // route index, stage, path params
   Principal principal;

@@ -562,7 +562,6 @@ void Worker::force_close_all() {
     s->force_close();
     s = next;
   }
-  boost::system::error_code ec;
   sweep_.cancel();
   work_.reset();
   ioc_.stop();

@@ -109,7 +109,7 @@ class TraceAuthz final : public Authorizer {
   explicit TraceAuthz(Trace& t) : t_(t) {}
   Verdict authorize(RequestContext& ctx, Refusal& out) override {
     t_.add("authorize:" + std::string(ctx.principal.id));
-    if (ctx.route->route->name == "blocked") {
+    if (ctx.route_name == "blocked") {
       out = Refusal{403, "Forbidden", "not for you", {}};
       return Verdict::kRefuse;
     }

@@ -23,6 +23,10 @@ std::atomic<std::uint64_t> g_allocations{0};
 }  // namespace
 
 // NOLINTBEGIN(cppcoreguidelines-owning-memory)
+// GCC 12 inlines the replaced operators and then flags malloc/free as mismatched with new/delete.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n == 0 ? 1 : n)) {

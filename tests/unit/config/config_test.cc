@@ -1,0 +1,517 @@
+#include "config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/schema.h"
+#include "core/core.h"
+
+namespace gatehouse::config {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+const fs::path kSourceDir = GH_SOURCE_DIR;
+const fs::path kBadDir = kSourceDir / "tests" / "unit" / "config" / "bad";
+const fs::path kExample = kSourceDir / "gatehouse.example.yaml";
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// "LINE:COL: message", the format of the .expected files.
+std::vector<std::string> short_form(const std::vector<ConfigError>& errors) {
+  std::vector<std::string> out;
+  out.reserve(errors.size());
+  for (const ConfigError& e : errors) {
+    out.push_back(std::to_string(e.line) + ":" + std::to_string(e.column) + ": " + e.message);
+  }
+  return out;
+}
+
+std::string joined(const std::vector<ConfigError>& errors) {
+  std::string out;
+  for (const ConfigError& e : errors) {
+    out += e.to_string() + "\n";
+  }
+  return out;
+}
+
+Config ok(std::string_view yaml) {
+  auto r = load_string(yaml, "test.yaml");
+  EXPECT_TRUE(r.has_value()) << joined(r.error());
+  return r ? std::move(*r) : Config{};
+}
+
+std::vector<std::string> errors(std::string_view yaml) {
+  auto r = load_string(yaml, "test.yaml");
+  EXPECT_FALSE(r.has_value()) << "expected errors for:\n" << yaml;
+  return r ? std::vector<std::string>{} : short_form(r.error());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults and good files.
+
+void expect_defaults(const Config& c) {
+  const Config d;
+  EXPECT_EQ(c.server.listen.host, "127.0.0.1");
+  EXPECT_EQ(c.server.listen.port, 8080);
+  EXPECT_EQ(c.server.threads, 0U);
+  EXPECT_EQ(c.server.shutdown_grace, milliseconds(10'000));
+  EXPECT_EQ(c.limits.max_header_bytes, 16U * 1024);
+  EXPECT_EQ(c.limits.max_body_bytes, 10U * 1024 * 1024);
+  EXPECT_EQ(c.limits.header_timeout, d.limits.header_timeout);
+  EXPECT_EQ(c.limits.max_connections, d.limits.max_connections);
+  EXPECT_EQ(c.admin.token_sha256, "");
+  EXPECT_EQ(c.admin.health_path, "/healthz");
+  EXPECT_EQ(c.log.level, "info");
+  EXPECT_EQ(c.log.access_log, "stdout");
+  EXPECT_EQ(c.store.state, "sqlite://./data/gatehouse.db");
+  EXPECT_TRUE(c.stages.empty());
+  EXPECT_TRUE(c.upstreams.empty());
+  EXPECT_TRUE(c.routes.empty());
+}
+
+TEST(ConfigDefaults, EmptyDocumentsTakeTheDefaults) {
+  for (const std::string_view yaml :
+       {"", "\n", "# only a comment\n", "~\n", "---\n", "---\n...\n", "server:\nlimits: ~\n",
+        "stages: []\nupstreams: []\nroutes: []\n", "server: {}\nroutes:\n"}) {
+    SCOPED_TRACE(yaml);
+    const Config c = ok(yaml);
+    expect_defaults(c);
+    EXPECT_EQ(c.source, "test.yaml");
+  }
+}
+
+TEST(ConfigExample, LoadsAndServesHello) {
+  auto r = load_file(kExample.string());
+  ASSERT_TRUE(r.has_value()) << joined(r.error());
+  const Config& c = *r;
+  EXPECT_EQ(c.source, kExample.string());
+  EXPECT_EQ(c.server.listen.host, "127.0.0.1");
+  EXPECT_EQ(c.server.listen.port, 8080);
+  EXPECT_EQ(c.log.access_log, "stdout");
+  EXPECT_EQ(c.store.state, "sqlite://./data/gatehouse.db");
+  // The example's token is the hash of "change-me", as its comment says.
+  EXPECT_EQ(c.admin.token_sha256, core::sha256_hex("change-me"));
+  ASSERT_GE(c.routes.size(), 2U);
+  const Route& hello = c.routes[0];
+  EXPECT_THAT(hello.methods, ElementsAre("GET"));
+  EXPECT_EQ(hello.path, "/hello");
+  EXPECT_EQ(hello.target.kind, Target::Kind::kStatic);
+  EXPECT_EQ(hello.target.static_target.status, 200);
+  EXPECT_EQ(hello.target.static_target.body, "hello from gatehouse\n");
+  const bool has_param = std::any_of(c.routes.begin(), c.routes.end(), [](const Route& r) {
+    return r.path.find('{') != std::string::npos;
+  });
+  EXPECT_TRUE(has_param);
+}
+
+// Every key of the schema is documented in the example (as a key or in a comment).
+TEST(ConfigExample, DocumentsEveryKey) {
+  const std::string text = read_text(kExample);
+  const auto keys = detail::schema_keys();
+  ASSERT_GT(keys.size(), 40U);
+  for (const detail::KeyInfo& k : keys) {
+    const std::string leaf = k.path.substr(k.path.find_last_of('.') + 1);
+    const std::string key = leaf.substr(0, leaf.find('['));
+    EXPECT_NE(text.find(key + ":"), std::string::npos) << k.path << " is not documented";
+  }
+}
+
+TEST(ConfigSchema, KeysCarryTypesBoundsAndDefaults) {
+  const auto keys = detail::schema_keys();
+  const auto find = [&](std::string_view path) {
+    const auto it = std::find_if(keys.begin(), keys.end(),
+                                 [&](const detail::KeyInfo& k) { return k.path == path; });
+    EXPECT_NE(it, keys.end()) << path;
+    return it == keys.end() ? detail::KeyInfo{} : *it;
+  };
+  auto k = find("limits.max_header_bytes");
+  EXPECT_EQ(k.type, "size");
+  EXPECT_EQ(k.bounds, "1024..1048576");
+  EXPECT_EQ(k.default_value, "16384");
+  k = find("limits.header_timeout");
+  EXPECT_EQ(k.type, "duration");
+  EXPECT_EQ(k.bounds, "100ms..10m");
+  EXPECT_EQ(k.default_value, "10s");
+  k = find("routes[].target.http.upstream");
+  EXPECT_TRUE(k.required);
+  k = find("routes[].path");
+  EXPECT_TRUE(k.required);
+  k = find("admin.metrics_public");
+  EXPECT_EQ(k.default_value, "false");
+}
+
+constexpr std::string_view kFull = R"(
+server:
+  listen: "[::1]:9090"
+  threads: 4
+  shutdown_grace: 30s
+limits:
+  max_header_bytes: 8KiB
+  max_body_bytes: 1048576
+  header_timeout: 500ms
+  body_timeout: 2m
+  min_body_rate: 2KiB
+  body_grace: 1s
+  idle_timeout: 1h
+  max_connections: 100
+  max_connections_per_ip: 10
+  max_pipelined: 1
+  max_requests_per_connection: 1000
+admin:
+  token_sha256: E2186DBDB1BB4193608605E84F33208765B5693B55EDD4F730A719A100EEEA6F
+  health_path: /-/health
+  metrics_path: /-/metrics
+  admin_prefix: /-/admin
+  metrics_public: true
+log:
+  level: debug
+  access_log: /var/log/gatehouse/access.log
+store:
+  state: sqlite:///var/lib/gatehouse/state.db
+stages:
+  - name: prod
+  - name: dev_2
+upstreams:
+  - name: api
+    url: http://api.internal:9000/v1/
+    connect_timeout: 250ms
+    timeout: 5s
+    max_idle: 0
+    max_response_bytes: 1GiB
+routes:
+  - name: health
+    method: get
+    path: /items/{id}
+    stages: [prod, dev_2]
+    function: items-fn
+    target:
+      static:
+        status: 201
+        body: "ok"
+        content_type: application/json
+        headers: {x-b: "2", x-a: one, cache-control: "no-store"}
+  - method: [post, PUT]
+    path: /api/{proxy+}
+    stages: dev_2
+    target:
+      http: {upstream: api, path_prefix: /internal, strip_stage: false}
+  - method: ANY
+    path: /
+    target:
+      static: {}
+)";
+
+TEST(ConfigGood, EveryKeySet) {
+  const Config c = ok(kFull);
+  EXPECT_EQ(c.server.listen.host, "::1");
+  EXPECT_EQ(c.server.listen.port, 9090);
+  EXPECT_EQ(c.server.threads, 4U);
+  EXPECT_EQ(c.server.shutdown_grace, milliseconds(30'000));
+  EXPECT_EQ(c.limits.max_header_bytes, 8U * 1024);
+  EXPECT_EQ(c.limits.max_body_bytes, 1048576U);
+  EXPECT_EQ(c.limits.header_timeout, milliseconds(500));
+  EXPECT_EQ(c.limits.body_timeout, milliseconds(120'000));
+  EXPECT_EQ(c.limits.min_body_rate, 2048U);
+  EXPECT_EQ(c.limits.body_grace, milliseconds(1000));
+  EXPECT_EQ(c.limits.idle_timeout, milliseconds(3'600'000));
+  EXPECT_EQ(c.limits.max_connections, 100U);
+  EXPECT_EQ(c.limits.max_connections_per_ip, 10U);
+  EXPECT_EQ(c.limits.max_pipelined, 1U);
+  EXPECT_EQ(c.limits.max_requests_per_connection, 1000U);
+  // Stored lower-case, to compare with core::sha256_hex.
+  EXPECT_EQ(c.admin.token_sha256, core::sha256_hex("change-me"));
+  EXPECT_EQ(c.admin.health_path, "/-/health");
+  EXPECT_EQ(c.admin.metrics_path, "/-/metrics");
+  EXPECT_EQ(c.admin.admin_prefix, "/-/admin");
+  EXPECT_TRUE(c.admin.metrics_public);
+  EXPECT_EQ(c.log.level, "debug");
+  EXPECT_EQ(c.log.access_log, "/var/log/gatehouse/access.log");
+  EXPECT_EQ(c.store.state, "sqlite:///var/lib/gatehouse/state.db");
+
+  ASSERT_EQ(c.stages.size(), 2U);
+  EXPECT_EQ(c.stages[1].name, "dev_2");
+
+  ASSERT_EQ(c.upstreams.size(), 1U);
+  const Upstream& u = c.upstreams[0];
+  EXPECT_EQ(u.name, "api");
+  EXPECT_EQ(u.host, "api.internal");
+  EXPECT_EQ(u.port, 9000);
+  EXPECT_EQ(u.base_path, "/v1");
+  EXPECT_EQ(u.connect_timeout, milliseconds(250));
+  EXPECT_EQ(u.timeout, milliseconds(5000));
+  EXPECT_EQ(u.max_idle, 0U);
+  EXPECT_EQ(u.max_response_bytes, 1024ULL * 1024 * 1024);
+  EXPECT_EQ(c.find_upstream("api"), &c.upstreams[0]);
+  EXPECT_EQ(c.find_upstream("nope"), nullptr);
+
+  ASSERT_EQ(c.routes.size(), 3U);
+  const Route& r0 = c.routes[0];
+  EXPECT_EQ(r0.name, "health");
+  EXPECT_THAT(r0.methods, ElementsAre("GET"));
+  EXPECT_EQ(r0.path, "/items/{id}");
+  EXPECT_THAT(r0.stages, ElementsAre("prod", "dev_2"));
+  EXPECT_EQ(r0.target.function, "items-fn");
+  EXPECT_EQ(r0.target.kind, Target::Kind::kStatic);
+  EXPECT_EQ(r0.target.static_target.status, 201);
+  EXPECT_EQ(r0.target.static_target.body, "ok");
+  EXPECT_EQ(r0.target.static_target.content_type, "application/json");
+  using Header = std::pair<std::string, std::string>;
+  EXPECT_THAT(r0.target.static_target.headers, ElementsAre(Header{"x-b", "2"}, Header{"x-a", "one"},
+                                                           Header{"cache-control", "no-store"}));
+  EXPECT_EQ(r0.line, 40);
+
+  const Route& r1 = c.routes[1];
+  EXPECT_EQ(r1.name, "POST,PUT /api/{proxy+}");
+  EXPECT_THAT(r1.methods, ElementsAre("POST", "PUT"));
+  EXPECT_THAT(r1.stages, ElementsAre("dev_2"));
+  EXPECT_EQ(r1.target.kind, Target::Kind::kHttp);
+  EXPECT_EQ(r1.target.http.upstream, "api");
+  EXPECT_EQ(r1.target.http.path_prefix, "/internal");
+  EXPECT_FALSE(r1.target.http.strip_stage);
+  EXPECT_EQ(r1.line, 51);
+
+  const Route& r2 = c.routes[2];
+  EXPECT_EQ(r2.name, "ANY /");
+  EXPECT_THAT(r2.methods, ElementsAre("ANY"));
+  EXPECT_EQ(r2.target.kind, Target::Kind::kStatic);
+  EXPECT_EQ(r2.target.static_target.status, 200);
+  EXPECT_EQ(r2.target.static_target.content_type, "text/plain");
+}
+
+TEST(ConfigGood, ListenForms) {
+  Config c = ok("server: {listen: \"localhost:0\"}");
+  EXPECT_EQ(c.server.listen.host, "localhost");
+  EXPECT_EQ(c.server.listen.port, 0);
+  c = ok("server: {listen: 0.0.0.0:80}");
+  EXPECT_EQ(c.server.listen.host, "0.0.0.0");
+  EXPECT_EQ(c.server.listen.port, 80);
+}
+
+TEST(ConfigGood, ScalarSpellings) {
+  const Config c = ok(R"(
+server: {threads: !!int 3}
+limits: {max_header_bytes: "2KiB", header_timeout: "1m", max_body_bytes: 0, body_grace: 0s}
+admin: {metrics_public: True}
+)");
+  EXPECT_EQ(c.server.threads, 3U);
+  EXPECT_EQ(c.limits.max_header_bytes, 2048U);
+  EXPECT_EQ(c.limits.header_timeout, milliseconds(60'000));
+  EXPECT_EQ(c.limits.max_body_bytes, 0U);
+  EXPECT_EQ(c.limits.body_grace, milliseconds(0));
+  EXPECT_TRUE(c.admin.metrics_public);
+}
+
+TEST(ConfigGood, BoundsAreInclusive) {
+  const Config c = ok(R"(
+server: {threads: 256, shutdown_grace: 10m}
+limits: {max_header_bytes: 1MiB, max_body_bytes: 4GiB, header_timeout: 100ms, max_pipelined: 1024,
+         max_requests_per_connection: 4294967295}
+routes:
+  - {method: GET, path: /a, target: {static: {status: 100}}}
+  - {method: GET, path: /b, target: {static: {status: 599}}}
+)");
+  EXPECT_EQ(c.server.threads, 256U);
+  EXPECT_EQ(c.limits.max_header_bytes, 1024U * 1024);
+  EXPECT_EQ(c.limits.max_body_bytes, 4ULL * 1024 * 1024 * 1024);
+  EXPECT_EQ(c.limits.max_requests_per_connection, 4294967295U);
+}
+
+TEST(ConfigGood, AnchorsAndAliasesAreExpanded) {
+  const Config c = ok(R"(
+routes:
+  - method: GET
+    path: /a
+    target: &t {static: {body: shared, headers: {x-a: b}}}
+  - method: POST
+    path: /a
+    target: *t
+)");
+  ASSERT_EQ(c.routes.size(), 2U);
+  EXPECT_EQ(c.routes[1].target.static_target.body, "shared");
+  EXPECT_EQ(c.routes[1].target.static_target.headers.size(), 1U);
+}
+
+TEST(ConfigGood, MultilineBodyKeepsNewlines) {
+  const Config c =
+      ok("routes:\n  - method: GET\n    path: /\n    target:\n      static:\n"
+         "        body: |\n          line one\n          line two\n");
+  ASSERT_EQ(c.routes.size(), 1U);
+  EXPECT_EQ(c.routes[0].target.static_target.body, "line one\nline two\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+TEST(ConfigErrors, ToString) {
+  EXPECT_EQ((ConfigError{"g.yaml", 3, 7, "server.threads: x"}).to_string(),
+            "g.yaml:3:7: server.threads: x");
+  EXPECT_EQ((ConfigError{"g.yaml", 0, 0, "cannot read the file: x"}).to_string(),
+            "g.yaml: cannot read the file: x");
+}
+
+TEST(ConfigErrors, FileNameIsReported) {
+  auto r = load_string("sever: {}\n", "conf/gatehouse.yaml");
+  ASSERT_FALSE(r.has_value());
+  ASSERT_EQ(r.error().size(), 1U);
+  EXPECT_EQ(r.error()[0].to_string(),
+            "conf/gatehouse.yaml:1:1: sever: unknown key (did you mean 'server'?)");
+}
+
+TEST(ConfigErrors, UnreadableFileIsOneErrorAtLineZero) {
+  const std::string path = (fs::temp_directory_path() / "gatehouse-no-such-file.yaml").string();
+  auto r = load_file(path);
+  ASSERT_FALSE(r.has_value());
+  ASSERT_EQ(r.error().size(), 1U);
+  EXPECT_EQ(r.error()[0].file, path);
+  EXPECT_EQ(r.error()[0].line, 0);
+  EXPECT_EQ(r.error()[0].message, "cannot read the file: No such file or directory");
+
+  r = load_file(fs::temp_directory_path().string());
+  ASSERT_FALSE(r.has_value());
+  ASSERT_EQ(r.error().size(), 1U);
+  EXPECT_EQ(r.error()[0].line, 0);
+  EXPECT_EQ(r.error()[0].message, "cannot read the file: Is a directory");
+}
+
+TEST(ConfigErrors, OversizedDocumentIsRefusedUnparsed) {
+  const std::string big(16 * 1024 * 1024 + 1, '#');
+  EXPECT_THAT(errors(big), ElementsAre("0:0: the file is 16777217 bytes; the maximum is 16 MiB"));
+}
+
+TEST(ConfigErrors, ErrorsAreCappedAndSorted) {
+  std::string yaml = "server:\n";
+  for (int i = 0; i < 2000; ++i) {
+    yaml += "  k" + std::to_string(i) + ": 1\n";
+  }
+  const auto e = errors(yaml);
+  ASSERT_EQ(e.size(), detail::Diagnostics::kMaxErrors + 1);
+  EXPECT_EQ(e.front(), "2:3: server.k0: unknown key");
+  EXPECT_THAT(e.back(), HasSubstr("too many errors; stopped checking after 500 of them"));
+}
+
+TEST(ConfigErrors, AliasExpansionIsBounded) {
+  // One 1 MiB body named by 100 routes would copy 100 MiB.
+  std::string yaml = "routes:\n  - {method: GET, path: /0, target: {static: {body: &b \"" +
+                     std::string(std::size_t{1024} * 1024, 'x') + "\"}}}\n";
+  for (int i = 1; i < 100; ++i) {
+    yaml += "  - {method: GET, path: /" + std::to_string(i) + ", target: {static: {body: *b}}}\n";
+  }
+  const auto e = errors(yaml);
+  ASSERT_EQ(e.size(), 1U);
+  EXPECT_THAT(e[0], HasSubstr("the document expands to more than 64 MiB"));
+}
+
+TEST(ConfigErrors, CyclicAliasesDoNotLoop) {
+  EXPECT_THAT(errors("server: &s {listen: *s}\n"),
+              ElementsAre("1:9: server.listen: expected a string, got a mapping"));
+  EXPECT_THAT(errors("routes: &r [*r]\n"),
+              ElementsAre("1:9: routes[0]: expected a mapping, got a sequence"));
+}
+
+TEST(ConfigErrors, ControlCharactersAreEscapedInMessages) {
+  EXPECT_THAT(errors("\"se\\x1b[31mver\": 1\n"), ElementsAre("1:1: se\\x1b[31mver: unknown key"));
+}
+
+TEST(ConfigErrors, SecretsAreNotEchoed) {
+  const auto token = errors("admin: {token_sha256: my-secret-token}\n");
+  ASSERT_EQ(token.size(), 1U);
+  EXPECT_THAT(token[0], ::testing::Not(HasSubstr("my-secret-token")));
+  const auto store = errors("store: {state: \"mysql://u:hunter2@db\"}\n");
+  ASSERT_EQ(store.size(), 1U);
+  EXPECT_THAT(store[0], ::testing::Not(HasSubstr("hunter2")));
+}
+
+TEST(ConfigErrors, TrailingEmptyDocumentIsFine) { ok("server: {threads: 1}\n---\n"); }
+
+// yaml-cpp 0.7's LoadAll loops forever on a ',' outside a flow collection (found by fuzzing).
+TEST(ConfigErrors, StrayCommaIsAnErrorNotAHang) {
+  EXPECT_THAT(errors(","), ElementsAre("1:1: invalid YAML: unexpected ','"));
+  EXPECT_THAT(errors("  ,a\n"), ElementsAre("1:3: invalid YAML: unexpected ','"));
+  EXPECT_THAT(errors("a: 1\n...\n,\n"), ElementsAre("3:1: invalid YAML: unexpected ','"));
+}
+
+TEST(ConfigErrors, SyntaxErrorInALaterDocumentIsReported) {
+  EXPECT_THAT(errors("server: {}\n---\n[\n"),
+              ElementsAre("4:1: invalid YAML: end of sequence flow not found"));
+}
+
+TEST(ConfigErrors, NeverThrows) {
+  for (const std::string_view yaml :
+       {std::string_view("\0\0\0", 3), std::string_view("["), std::string_view("{{{{"),
+        std::string_view("&a [*a]"), std::string_view("*nope"), std::string_view("? : :"),
+        std::string_view("\xff\xfe\x00\x00", 4), std::string_view("!<tag:x> {a: b}"),
+        std::string_view("%YAML 9.9\n---\na: 1"), std::string_view("a: !!binary |\n  AAAA\n"),
+        std::string_view("routes: [{target: {static: {headers: {? [a] : b}}}}]")}) {
+    SCOPED_TRACE(std::string(yaml));
+    auto r = load_string(yaml, "x.yaml");
+    if (!r) {
+      EXPECT_FALSE(r.error().empty());
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The corpus of bad files: tests/unit/config/bad/NAME.yaml must produce exactly the errors in
+// NAME.expected, one "LINE:COL: message" per line, in order.
+
+std::vector<std::string> bad_files() {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(kBadDir)) {
+    if (entry.path().extension() == ".yaml") {
+      names.push_back(entry.path().stem().string());
+    }
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+class BadFile : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BadFile, ReportsExactlyTheExpectedErrors) {
+  const fs::path yaml = kBadDir / (GetParam() + ".yaml");
+  const fs::path expected_path = kBadDir / (GetParam() + ".expected");
+  ASSERT_TRUE(fs::exists(expected_path)) << expected_path << " is missing";
+  std::vector<std::string> expected;
+  std::istringstream in(read_text(expected_path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) {
+      expected.push_back(line);
+    }
+  }
+  ASSERT_FALSE(expected.empty()) << expected_path << " is empty";
+
+  auto r = load_file(yaml.string());
+  ASSERT_FALSE(r.has_value()) << yaml << " loaded without errors";
+  for (const ConfigError& e : r.error()) {
+    EXPECT_EQ(e.file, yaml.string());
+  }
+  EXPECT_EQ(short_form(r.error()), expected);
+}
+
+INSTANTIATE_TEST_SUITE_P(Corpus, BadFile, ::testing::ValuesIn(bad_files()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+TEST(BadCorpus, IsLargeEnough) { EXPECT_GE(bad_files().size(), 20U); }
+
+}  // namespace
+}  // namespace gatehouse::config
