@@ -263,7 +263,17 @@ class GatewayImpl final : public Gateway {
         proxy_(workers),
         pipeline_(*this, workers) {}
 
-  ~GatewayImpl() override { stop(); }
+  ~GatewayImpl() override {
+    stop();
+    // Workers have exited. Pooled upstream sockets go before their io_contexts, and the server
+    // (whose sessions call back into the pipeline and stages as they die) before those.
+    if (server_) {
+      for (unsigned w = 0; w < server_->workers(); ++w) {
+        proxy_.clear(w);
+      }
+      server_.reset();
+    }
+  }
 
   core::Result<void> init(config::Config config) {
     setup_access_log(config.log);

@@ -226,14 +226,14 @@ class Worker {
   core::Result<void> bind(const tcp::endpoint& ep);
   std::uint16_t local_port() const {
     boost::system::error_code ec;
-    return acceptor_.local_endpoint(ec).port();
+    return acceptor_->local_endpoint(ec).port();
   }
   void run();
   void stop_accepting();
   void begin_drain();
   void force_close_all();
 
-  net::io_context& ioc() noexcept { return ioc_; }
+  net::io_context& ioc() noexcept { return *ioc_; }
   unsigned index() const noexcept { return index_; }
   const ServerOptions& opts() const noexcept { return opts_; }
   WorkerStats& stats() noexcept { return stats_; }
@@ -255,9 +255,11 @@ class Worker {
 
   ServerImpl& server_;
   unsigned index_;
-  net::io_context ioc_{1};
-  tcp::acceptor acceptor_{ioc_};
-  net::steady_timer sweep_{ioc_};
+  // Held by pointer so ~Worker can destroy it (and with it every pending handler and the
+  // sessions they keep alive) while the rest of the worker is still intact.
+  std::unique_ptr<net::io_context> ioc_ = std::make_unique<net::io_context>(1);
+  std::optional<tcp::acceptor> acceptor_{std::in_place, *ioc_};
+  std::optional<net::steady_timer> sweep_{std::in_place, *ioc_};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
   ServerOptions opts_;
   Clock::time_point now_ = Clock::now();
@@ -401,27 +403,34 @@ class ServerImpl final : public Server {
 Worker::Worker(ServerImpl& server, unsigned index, ServerOptions options)
     : server_(server), index_(index), opts_(std::move(options)) {}
 
-Worker::~Worker() = default;
+Worker::~Worker() {
+  // Sessions still referenced by pending handlers die with the io_context; they unlink
+  // themselves from this worker, so it must still be whole.
+  acceptor_.reset();
+  sweep_.reset();
+  work_.reset();
+  ioc_.reset();
+}
 
 Handler& Worker::handler() noexcept { return server_.handler(); }
 
 core::Result<void> Worker::bind(const tcp::endpoint& ep) {
   boost::system::error_code ec;
-  acceptor_.open(ep.protocol(), ec);
+  acceptor_->open(ep.protocol(), ec);
   if (!ec) {
-    acceptor_.set_option(net::socket_base::reuse_address(true), ec);
+    acceptor_->set_option(net::socket_base::reuse_address(true), ec);
   }
   if (!ec) {
     const int one = 1;
-    if (::setsockopt(acceptor_.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    if (::setsockopt(acceptor_->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
       ec.assign(errno, boost::system::system_category());
     }
   }
   if (!ec) {
-    acceptor_.bind(ep, ec);
+    acceptor_->bind(ep, ec);
   }
   if (!ec) {
-    acceptor_.listen(net::socket_base::max_listen_connections, ec);
+    acceptor_->listen(net::socket_base::max_listen_connections, ec);
   }
   if (ec) {
     return core::make_error(core::ErrorCode::kIo, "cannot listen on " + ep.address().to_string() +
@@ -432,7 +441,7 @@ core::Result<void> Worker::bind(const tcp::endpoint& ep) {
 }
 
 void Worker::run() {
-  work_.emplace(ioc_.get_executor());
+  work_.emplace(ioc_->get_executor());
   accepting_ = true;
   // The first request id seeds a per-thread prefix from OpenSSL's RNG, whose first use reads
   // its config file: pay that here, not on a client's request.
@@ -441,11 +450,11 @@ void Worker::run() {
   refresh_date_header();
   arm_sweep();
   do_accept();
-  ioc_.run();
+  ioc_->run();
 }
 
 void Worker::do_accept() {
-  acceptor_.async_accept(ioc_, [this](const boost::system::error_code& ec, tcp::socket socket) {
+  acceptor_->async_accept(*ioc_, [this](const boost::system::error_code& ec, tcp::socket socket) {
     on_accept(ec, std::move(socket));
   });
 }
@@ -457,7 +466,7 @@ void Worker::on_accept(const boost::system::error_code& ec, tcp::socket socket) 
   if (ec) {
     // EMFILE and friends: back off briefly instead of spinning.
     if (ec != net::error::operation_aborted) {
-      auto t = std::make_shared<net::steady_timer>(ioc_, std::chrono::milliseconds(50));
+      auto t = std::make_shared<net::steady_timer>(*ioc_, std::chrono::milliseconds(50));
       t->async_wait([this, t](const boost::system::error_code&) {
         if (accepting_) {
           do_accept();
@@ -522,8 +531,8 @@ void Worker::unlink(Session* s) {
 }
 
 void Worker::arm_sweep() {
-  sweep_.expires_after(opts_.sweep_interval);
-  sweep_.async_wait([this](const boost::system::error_code& ec) {
+  sweep_->expires_after(opts_.sweep_interval);
+  sweep_->async_wait([this](const boost::system::error_code& ec) {
     if (ec) {
       return;
     }
@@ -543,7 +552,7 @@ void Worker::arm_sweep() {
 void Worker::stop_accepting() {
   accepting_ = false;
   boost::system::error_code ec;
-  acceptor_.close(ec);
+  acceptor_->close(ec);
 }
 
 void Worker::begin_drain() {
@@ -562,9 +571,9 @@ void Worker::force_close_all() {
     s->force_close();
     s = next;
   }
-  sweep_.cancel();
+  sweep_->cancel();
   work_.reset();
-  ioc_.stop();
+  ioc_->stop();
 }
 
 // ------------------------------------------------------------------------------------------------
