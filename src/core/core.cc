@@ -114,20 +114,32 @@ void ManualClock::set_wall(std::chrono::system_clock::time_point t) noexcept {
 }
 
 void next_request_id(RequestId& out) noexcept {
-  // Per thread: a random 24-bit prefix and a 40-bit counter, so ids never repeat in a process
-  // run (2^40 requests per thread) and rarely across processes.
-  thread_local std::uint64_t state = [] {
+  // Per thread: a random 24-bit prefix and a 40-bit counter, kept as hex text and incremented
+  // in place, so ids never repeat in a process run (2^40 requests per thread) and rarely
+  // across processes, at a few instructions each.
+  thread_local RequestId current = [] {
     std::uint32_t prefix = 0;
     if (RAND_bytes(reinterpret_cast<unsigned char*>(&prefix), sizeof prefix) != 1) {
       prefix = static_cast<std::uint32_t>(
           std::chrono::steady_clock::now().time_since_epoch().count());
     }
-    return static_cast<std::uint64_t>(prefix & 0xffffffu) << 40;
+    const std::uint64_t v = static_cast<std::uint64_t>(prefix & 0xffffffu) << 40;
+    RequestId id{};
+    for (int i = 15; i >= 0; --i) {
+      id[static_cast<std::size_t>(i)] = kHex[(v >> ((15 - i) * 4)) & 0xf];
+    }
+    return id;
   }();
-  const std::uint64_t v = ++state;
-  for (int i = 15; i >= 0; --i) {
-    out[static_cast<std::size_t>(i)] = kHex[(v >> ((15 - i) * 4)) & 0xf];
+  for (std::size_t i = current.size(); i-- > 0;) {
+    char& c = current[i];
+    if (c == 'f') {
+      c = '0';  // carry into the next digit
+      continue;
+    }
+    c = c == '9' ? 'a' : static_cast<char>(c + 1);
+    break;
   }
+  out = current;
 }
 
 std::string random_hex(std::size_t bytes) {

@@ -629,6 +629,8 @@ bool Session::keep_alive() const noexcept {
 }
 
 void Session::start() {
+  boost::system::error_code ec;
+  socket_.non_blocking(true, ec);  // flush() writes directly first
   state_ = worker_.handler().on_connect(worker_.index());
   phase_ = Phase::kIdle;
   deadline_ = deadline_after(opts().idle_timeout);
@@ -697,7 +699,11 @@ void Session::process() {
   }
   if (!out_.empty()) {
     flush();
-  } else if (close_after_write_) {
+    if (writing_ || closed_) {
+      return;  // on_write() carries on
+    }
+  }
+  if (close_after_write_) {
     lingering_close();
   } else {
     do_read();
@@ -861,12 +867,26 @@ void Session::flush() {
   if (out_.empty() || writing_ || closed_) {
     return;
   }
-  writing_ = true;
   batched_ = 0;
+  // Try the write at once on the non-blocking socket: it almost always completes, and then no
+  // write operation goes through the scheduler (about 500 instructions per request saved).
+  boost::system::error_code ec;
+  const std::size_t sent = socket_.write_some(net::buffer(out_), ec);
+  if (!ec && sent == out_.size()) {
+    out_.clear();
+    response_start_ = 0;
+    return;
+  }
+  if (ec && ec != net::error::would_block && ec != net::error::try_again) {
+    close_now();
+    return;
+  }
+  const std::size_t done = ec ? 0 : sent;
+  writing_ = true;
   const Phase before = phase_;
   phase_ = Phase::kWriting;
   deadline_ = deadline_after(opts().idle_timeout);
-  net::async_write(socket_, net::buffer(out_),
+  net::async_write(socket_, net::buffer(out_.data() + done, out_.size() - done),
                    [self = shared_from_this(), before](const boost::system::error_code& ec,
                                                        std::size_t) {
                      self->phase_ = before;
