@@ -1,0 +1,125 @@
+#include "auth/auth.h"
+
+#include <gtest/gtest.h>
+
+namespace gatehouse::auth {
+namespace {
+
+class KeysTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = store::open("sqlite://:memory:", clock_);
+    ASSERT_TRUE(s.has_value()) << s.error().message;
+    store_ = std::move(*s);
+    registry_ = std::make_unique<KeyRegistry>(*store_, clock_);
+  }
+
+  KeyIndex<int> index() {
+    KeyIndex<int> idx;
+    auto all = registry_->list();
+    EXPECT_TRUE(all.has_value());
+    for (auto& k : *all) {
+      idx.add(std::move(k), &state_);
+    }
+    return idx;
+  }
+
+  core::ManualClock clock_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<KeyRegistry> registry_;
+  int state_ = 0;
+};
+
+TEST_F(KeysTest, CreateStoresOnlyTheHash) {
+  auto k = registry_->create("alice", "free", {"prod"});
+  ASSERT_TRUE(k.has_value()) << k.error().message;
+  std::string_view id;
+  ASSERT_TRUE(parse_key(k->key, id));
+  EXPECT_EQ(id, k->record.id);
+  EXPECT_EQ(k->record.hash, core::sha256_hex(k->key));
+  auto raw = store_->get("api_keys", k->record.id);
+  ASSERT_TRUE(raw.has_value());
+  EXPECT_EQ(raw->find(k->key.substr(21)), std::string::npos) << "the secret must not be stored";
+  auto listed = registry_->list();
+  ASSERT_TRUE(listed.has_value());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].name, "alice");
+  EXPECT_EQ((*listed)[0].plan, "free");
+  EXPECT_EQ((*listed)[0].stages, std::vector<std::string>{"prod"});
+}
+
+TEST_F(KeysTest, IndexVerifiesOnlyTheExactLiveKey) {
+  auto k = registry_->create("alice", "free", {});
+  ASSERT_TRUE(k.has_value());
+  auto idx = index();
+  const auto* e = idx.verify(k->key);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->key.name, "alice");
+  EXPECT_EQ(e->state, &state_);
+  std::string wrong = k->key;
+  wrong.back() = wrong.back() == 'a' ? 'b' : 'a';
+  EXPECT_EQ(idx.verify(wrong), nullptr);
+  EXPECT_EQ(idx.verify(""), nullptr);
+  EXPECT_EQ(idx.verify("ghk_"), nullptr);
+  EXPECT_EQ(idx.verify(k->key + "0"), nullptr);
+  EXPECT_EQ(idx.verify("ghk_ZZZZZZZZZZZZZZZZ_" + std::string(48, '0')), nullptr);
+}
+
+TEST_F(KeysTest, RevokedKeysStopWorking) {
+  auto k = registry_->create("alice", "free", {});
+  ASSERT_TRUE(k.has_value());
+  auto r = registry_->revoke("alice");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->revoked);
+  EXPECT_EQ(index().verify(k->key), nullptr);
+  EXPECT_FALSE(registry_->rotate(k->record.id).has_value());
+}
+
+TEST_F(KeysTest, RotateReplacesTheSecret) {
+  auto k = registry_->create("alice", "free", {});
+  ASSERT_TRUE(k.has_value());
+  auto v0 = registry_->version();
+  auto rotated = registry_->rotate(k->record.id);
+  ASSERT_TRUE(rotated.has_value());
+  EXPECT_EQ(rotated->record.id, k->record.id);
+  EXPECT_NE(rotated->key, k->key);
+  auto idx = index();
+  EXPECT_EQ(idx.verify(k->key), nullptr);
+  EXPECT_NE(idx.verify(rotated->key), nullptr);
+  EXPECT_GT(*registry_->version(), *v0);
+}
+
+TEST_F(KeysTest, AttachAndFind) {
+  ASSERT_TRUE(registry_->create("alice", "free", {}).has_value());
+  ASSERT_TRUE(registry_->create("bob", "free", {}).has_value());
+  auto a = registry_->attach("alice", "pro", {"prod", "dev"});
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->plan, "pro");
+  EXPECT_EQ(registry_->find("nobody").error().code, core::ErrorCode::kNotFound);
+  ASSERT_TRUE(registry_->create("bob", "free", {}).has_value());
+  EXPECT_EQ(registry_->find("bob").error().code, core::ErrorCode::kConflict);
+  EXPECT_FALSE(registry_->create("", "free", {}).has_value());
+  EXPECT_FALSE(registry_->create(std::string(200, 'x'), "free", {}).has_value());
+}
+
+TEST(KeyJson, RoundTripAndHostileInput) {
+  ApiKey k;
+  k.id = "0123456789abcdef";
+  k.name = "a\"b";
+  k.plan = "free";
+  k.stages = {"prod"};
+  k.hash = std::string(64, 'a');
+  k.revoked = true;
+  k.created_ms = 5;
+  auto back = from_json(to_json(k));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->name, k.name);
+  EXPECT_EQ(back->stages, k.stages);
+  EXPECT_TRUE(back->revoked);
+  EXPECT_FALSE(from_json("").has_value());
+  EXPECT_FALSE(from_json("[]").has_value());
+  EXPECT_FALSE(from_json("{\"id\":1}").has_value());
+}
+
+}  // namespace
+}  // namespace gatehouse::auth
