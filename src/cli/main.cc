@@ -10,8 +10,10 @@
 #include <exception>
 #include <string>
 
+#include "auth/auth.h"
 #include "config/config.h"
 #include "gateway/gateway.h"
+#include "store/store.h"
 
 namespace {
 
@@ -54,6 +56,80 @@ int cmd_serve(const std::string& path) {
   return 0;
 }
 
+// Opens the store named by the config file's store.state (the keys live there).
+std::unique_ptr<gatehouse::store::Store> open_store(const std::string& config_path) {
+  auto loaded = gatehouse::config::load_file(config_path);
+  if (!loaded) {
+    print_errors(loaded.error());
+    return nullptr;
+  }
+  auto st = gatehouse::store::open(loaded->store.state, gatehouse::core::system_clock());
+  if (!st) {
+    std::fprintf(stderr, "gatehouse: %s\n", st.error().message.c_str());
+    return nullptr;
+  }
+  return std::move(*st);
+}
+
+void print_key(const gatehouse::auth::ApiKey& k) {
+  std::string stages;
+  for (const auto& s : k.stages) {
+    stages += (stages.empty() ? "" : ",") + s;
+  }
+  std::printf("%s\t%s\t%s\t%s\t%s\n", k.id.c_str(), k.name.c_str(), k.plan.c_str(),
+              stages.empty() ? "*" : stages.c_str(), k.revoked ? "revoked" : "active");
+}
+
+int key_error(const gatehouse::core::Error& e) {
+  std::fprintf(stderr, "gatehouse keys: %s\n", e.message.c_str());
+  return e.code == gatehouse::core::ErrorCode::kNotFound ? 3 : 1;
+}
+
+struct KeyArgs {
+  std::string config = "gatehouse.yaml";
+  std::string name;
+  std::string plan;
+  std::vector<std::string> stages;
+  std::string ref;
+};
+
+int cmd_keys(const std::string& action, const KeyArgs& a) {
+  auto store = open_store(a.config);
+  if (!store) {
+    return 1;
+  }
+  gatehouse::auth::KeyRegistry keys(*store, gatehouse::core::system_clock());
+  if (action == "create" || action == "rotate") {
+    auto created = action == "create" ? keys.create(a.name, a.plan, a.stages) : keys.rotate(a.ref);
+    if (!created) {
+      return key_error(created.error());
+    }
+    // The key is printed once, on stdout alone, so scripts can capture it; it is not stored.
+    std::printf("%s\n", created->key.c_str());
+    std::fprintf(stderr, "key %s (%s) on plan %s: store it now, it cannot be shown again\n",
+                 created->record.id.c_str(), created->record.name.c_str(),
+                 created->record.plan.c_str());
+    return 0;
+  }
+  if (action == "list") {
+    auto all = keys.list();
+    if (!all) {
+      return key_error(all.error());
+    }
+    std::printf("id\tname\tplan\tstages\tstatus\n");
+    for (const auto& k : *all) {
+      print_key(k);
+    }
+    return 0;
+  }
+  auto r = action == "revoke" ? keys.revoke(a.ref) : keys.attach(a.ref, a.plan, a.stages);
+  if (!r) {
+    return key_error(r.error());
+  }
+  print_key(*r);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -74,7 +150,40 @@ int main(int argc, char** argv) {
     auto* validate = app.add_subcommand("validate", "Check a configuration file and print every error");
     validate->add_option("file", validate_path, "Configuration file")->required();
 
+    KeyArgs key_args;
+    std::string key_action;
+    auto* keys = app.add_subcommand("keys", "Manage API keys (stored hashed in the store)");
+    keys->require_subcommand(1);
+    auto add_config = [&](CLI::App* c) {
+      c->add_option("-c,--config", key_args.config, "Configuration file (for store.state)")
+          ->capture_default_str();
+    };
+    auto* kc = keys->add_subcommand("create", "Create a key; prints it once");
+    add_config(kc);
+    kc->add_option("--name", key_args.name, "Label")->required();
+    kc->add_option("--plan", key_args.plan, "Usage plan")->required();
+    kc->add_option("--stage", key_args.stages, "Stage the key may call (repeat; default all)");
+    auto* kl = keys->add_subcommand("list", "List keys (never their secrets)");
+    add_config(kl);
+    auto* kr = keys->add_subcommand("revoke", "Revoke a key");
+    add_config(kr);
+    kr->add_option("key", key_args.ref, "Key id or name")->required();
+    auto* ko = keys->add_subcommand("rotate", "Give a key a new secret; prints it once");
+    add_config(ko);
+    ko->add_option("key", key_args.ref, "Key id or name")->required();
+    auto* ka = keys->add_subcommand("attach", "Attach a key to a plan for some stages");
+    add_config(ka);
+    ka->add_option("key", key_args.ref, "Key id or name")->required();
+    ka->add_option("--plan", key_args.plan, "Usage plan")->required();
+    ka->add_option("--stage", key_args.stages, "Stage (repeat; default all)");
+    for (auto* c : {kc, kl, kr, ko, ka}) {
+      c->callback([&key_action, c] { key_action = c->get_name(); });
+    }
+
     CLI11_PARSE(app, argc, argv);
+    if (*keys) {
+      return cmd_keys(key_action, key_args);
+    }
     if (*serve) {
       return cmd_serve(config_path);
     }
