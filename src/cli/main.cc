@@ -57,13 +57,15 @@ int cmd_serve(const std::string& path) {
 }
 
 // Opens the store named by the config file's store.state (the keys live there).
-std::unique_ptr<gatehouse::store::Store> open_store(const std::string& config_path) {
+std::unique_ptr<gatehouse::store::Store> open_store(const std::string& config_path,
+                                                    gatehouse::config::Config& config) {
   auto loaded = gatehouse::config::load_file(config_path);
   if (!loaded) {
     print_errors(loaded.error());
     return nullptr;
   }
-  auto st = gatehouse::store::open(loaded->store.state, gatehouse::core::system_clock());
+  config = std::move(*loaded);
+  auto st = gatehouse::store::open(config.store.state, gatehouse::core::system_clock());
   if (!st) {
     std::fprintf(stderr, "gatehouse: %s\n", st.error().message.c_str());
     return nullptr;
@@ -94,9 +96,26 @@ struct KeyArgs {
 };
 
 int cmd_keys(const std::string& action, const KeyArgs& a) {
-  auto store = open_store(a.config);
+  gatehouse::config::Config config;
+  auto store = open_store(a.config, config);
   if (!store) {
     return 1;
+  }
+  if ((action == "create" || action == "attach") && config.find_plan(a.plan) == nullptr) {
+    std::fprintf(stderr, "gatehouse keys: %s defines no plan '%s'\n", a.config.c_str(),
+                 a.plan.c_str());
+    return 1;
+  }
+  for (const auto& stage : a.stages) {
+    bool known = false;
+    for (const auto& s : config.stages) {
+      known = known || s.name == stage;
+    }
+    if (!known) {
+      std::fprintf(stderr, "gatehouse keys: %s defines no stage '%s'\n", a.config.c_str(),
+                   stage.c_str());
+      return 1;
+    }
   }
   gatehouse::auth::KeyRegistry keys(*store, gatehouse::core::system_clock());
   if (action == "create" || action == "rotate") {

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <system_error>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "config/schema.h"
@@ -67,20 +68,103 @@ std::unordered_map<std::string_view, std::size_t> index_names(Decoded& d,
   return index;
 }
 
+template <class T>
+std::vector<std::string_view> names_of(const std::vector<T>& items) {
+  std::vector<std::string_view> names;
+  names.reserve(items.size());
+  for (const T& item : items) {
+    names.push_back(item.name);
+  }
+  return names;
+}
+
+// The path of item `j` of the string list at `list` ("routes[0].stages[1]"), or of the list
+// itself when it was written as a single string ("stages: prod").
+std::string item_path(const Decoded& d, const std::string& list, std::size_t j) {
+  std::string path = list + "[" + std::to_string(j) + "]";
+  return d.positions.contains(path) ? path : list;
+}
+
+// Every name in a list of stages (routes[i].stages, plans[i].stages) must be defined.
+void check_stage_list(Decoded& d, const std::string& list, const std::vector<std::string>& names,
+                      const std::unordered_map<std::string_view, std::size_t>& stages,
+                      const std::vector<std::string_view>& stage_names) {
+  for (std::size_t j = 0; j < names.size(); ++j) {
+    const std::string& stage = names[j];
+    if (stage.empty() || stages.contains(stage)) {
+      continue;  // empty: a placeholder for an invalid item, already reported
+    }
+    const std::string path = item_path(d, list, j);
+    d.diagnostics.add(d.position(path), path,
+                      "unknown stage '" + printable(stage) + "'" +
+                          (stage_names.empty() ? std::string(" (no stages are defined)")
+                                               : suggestion(stage, stage_names)));
+  }
+}
+
+// Usage plans name stages and routes; an override must name a route the plan may call, once.
+void check_plans(Decoded& d, const std::unordered_map<std::string_view, std::size_t>& stages,
+                 const std::vector<std::string_view>& stage_names) {
+  const Config& c = d.config;
+  // Route names are final here (defaults filled in by check_references).
+  std::unordered_map<std::string_view, std::size_t> routes;
+  std::vector<std::string_view> route_names;
+  for (std::size_t i = 0; i < c.routes.size(); ++i) {
+    if (!c.routes[i].name.empty() && routes.emplace(c.routes[i].name, i).second) {
+      route_names.push_back(c.routes[i].name);
+    }
+  }
+  const auto unknown_route = [&](const std::string& path, const std::string& name) {
+    d.diagnostics.add(d.position(path), path,
+                      "unknown route '" + printable(name, 256) + "'" +
+                          (route_names.empty() ? std::string(" (no routes are defined)")
+                                               : suggestion(name, route_names)));
+  };
+  for (std::size_t i = 0; i < c.plans.size() && !d.diagnostics.full(); ++i) {
+    const Plan& p = c.plans[i];
+    const std::string base = "plans[" + std::to_string(i) + "]";
+    check_stage_list(d, base + ".stages", p.stages, stages, stage_names);
+    for (std::size_t j = 0; j < p.routes.size(); ++j) {
+      if (!p.routes[j].empty() && !routes.contains(p.routes[j])) {
+        unknown_route(item_path(d, base + ".routes", j), p.routes[j]);
+      }
+    }
+    const std::unordered_set<std::string_view> allowed(p.routes.begin(), p.routes.end());
+    std::unordered_map<std::string_view, std::size_t> overridden;
+    for (std::size_t k = 0; k < p.overrides.size(); ++k) {
+      const PlanOverride& o = p.overrides[k];
+      if (o.route.empty()) {
+        continue;  // missing or invalid, already reported
+      }
+      const std::string path = base + ".overrides[" + std::to_string(k) + "].route";
+      const auto [first, inserted] = overridden.emplace(o.route, k);
+      if (!inserted) {
+        const int line = p.overrides[first->second].line;
+        d.diagnostics.add(d.position(path), path,
+                          "duplicate override for route '" + printable(o.route, 256) + "'" +
+                              at_line(Position{line, 0}));
+      } else if (!routes.contains(o.route)) {
+        unknown_route(path, o.route);
+      } else if (!allowed.empty() && !allowed.contains(o.route)) {
+        // The override would never apply: keys on this plan cannot call the route.
+        d.diagnostics.add(d.position(path), path,
+                          "route '" + printable(o.route, 256) + "' is not among the plan's routes");
+      }
+    }
+  }
+}
+
 // The checks that need more than one value: references between sections, unique names, and the
 // route name default (which must exist before names can be compared).
 void check_references(Decoded& d) {
   Config& c = d.config;
   const auto stages = index_names(d, c.stages, "stages", "stage");
   const auto upstreams = index_names(d, c.upstreams, "upstreams", "upstream");
-  std::vector<std::string_view> stage_names;
-  for (const Stage& s : c.stages) {
-    stage_names.push_back(s.name);
-  }
-  std::vector<std::string_view> upstream_names;
-  for (const Upstream& u : c.upstreams) {
-    upstream_names.push_back(u.name);
-  }
+  const auto functions = index_names(d, c.functions, "functions", "function");
+  index_names(d, c.plans, "plans", "plan");
+  const std::vector<std::string_view> stage_names = names_of(c.stages);
+  const std::vector<std::string_view> upstream_names = names_of(c.upstreams);
+  const std::vector<std::string_view> function_names = names_of(c.functions);
 
   std::unordered_map<std::string, std::size_t> route_names;
   for (std::size_t i = 0; i < c.routes.size() && !d.diagnostics.full(); ++i) {
@@ -109,19 +193,14 @@ void check_references(Decoded& d) {
         d.diagnostics.add(d.position(path), path, message);
       }
     }
-    for (std::size_t j = 0; j < r.stages.size(); ++j) {
-      const std::string& stage = r.stages[j];
-      if (stage.empty() || stages.contains(stage)) {
-        continue;  // empty: a placeholder for an invalid item, already reported
-      }
-      std::string path = base + ".stages[" + std::to_string(j) + "]";
-      if (!d.positions.contains(path)) {
-        path = base + ".stages";  // written as a single string
-      }
+    check_stage_list(d, base + ".stages", r.stages, stages, stage_names);
+    const std::string& function = r.target.function;
+    if (!function.empty() && !functions.contains(function)) {
+      const std::string path = base + ".function";
       d.diagnostics.add(d.position(path), path,
-                        "unknown stage '" + printable(stage) + "'" +
-                            (stage_names.empty() ? std::string(" (no stages are defined)")
-                                                 : suggestion(stage, stage_names)));
+                        "unknown function '" + printable(function) + "'" +
+                            (function_names.empty() ? std::string(" (no functions are defined)")
+                                                    : suggestion(function, function_names)));
     }
     if (r.target.kind == Target::Kind::kHttp && !r.target.http.upstream.empty() &&
         !upstreams.contains(r.target.http.upstream)) {
@@ -130,6 +209,10 @@ void check_references(Decoded& d) {
                         "unknown upstream '" + printable(r.target.http.upstream) + "'" +
                             suggestion(r.target.http.upstream, upstream_names));
     }
+  }
+
+  if (!d.diagnostics.full()) {
+    check_plans(d, stages, stage_names);
   }
 
   const AdminConfig& a = c.admin;
@@ -251,6 +334,24 @@ const Upstream* Config::find_upstream(std::string_view name) const {
   for (const Upstream& u : upstreams) {
     if (u.name == name) {
       return &u;
+    }
+  }
+  return nullptr;
+}
+
+const Plan* Config::find_plan(std::string_view name) const {
+  for (const Plan& p : plans) {
+    if (p.name == name) {
+      return &p;
+    }
+  }
+  return nullptr;
+}
+
+const FunctionConfig* Config::find_function(std::string_view name) const {
+  for (const FunctionConfig& f : functions) {
+    if (f.name == name) {
+      return &f;
     }
   }
   return nullptr;

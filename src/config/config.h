@@ -48,6 +48,75 @@ struct WireLimits {
   std::uint32_t max_requests_per_connection = 0;  // 0 = unlimited; ..4294967295
 };
 
+// A throttle: `rate` requests per second with bursts of up to `burst` (GCRA, equivalent to a
+// token bucket of capacity `burst` refilled at `rate` per second). YAML {rate: 10, burst: 20}.
+// Absent = this layer is not limited. `rate` is required when the mapping is present.
+struct RateConfig {
+  bool set = false;         // false = this layer is not limited
+  double rate = 0;          // requests per second, fractions allowed (0.5 = one every 2 s);
+                            // 0.001..1000000 (the floor keeps burst * 1/rate inside 64-bit ns)
+  std::uint32_t burst = 0;  // 1..1000000; default when omitted: max(1, ceil(rate))
+};
+
+// A request count per period, per API key (API Gateway usage-plan quotas). Periods are aligned on
+// UTC boundaries. YAML {limit: 1000, period: DAY, offset: 0}; `limit` is required.
+struct QuotaConfig {
+  bool set = false;            // false = no quota
+  std::uint64_t limit = 0;     // requests per period; 1..1000000000000
+  std::string period = "DAY";  // DAY | WEEK | MONTH, upper-case as written; default DAY
+  std::uint32_t offset = 0;    // where a period starts. DAY: must be 0; WEEK: 0..6, the weekday
+                               // (0 = Sunday); MONTH: 0..27, starts on day offset + 1. Default 0
+};
+
+// A per-route throttle for each key of a plan (API Gateway method throttling).
+struct PlanOverride {
+  std::string route;    // a route name (checked: it exists, and is among Plan::routes when that
+                        // list is not empty; one override per route); 1..256 bytes; required
+  RateConfig throttle;  // required
+  int line = 0;         // 1-based line where it was declared, for messages
+};
+
+// A usage plan: the limits applied to each API key on it.
+struct Plan {
+  std::string name;                     // [A-Za-z0-9_-]{1,64}, unique; required
+  RateConfig throttle;                  // per key; unset = not limited
+  QuotaConfig quota;                    // per key; unset = no quota
+  std::vector<std::string> stages;      // names from Config::stages (checked), at most 100;
+                                        // empty = every stage
+  std::vector<std::string> routes;      // route names (checked), at most 10000;
+                                        // empty = every route
+  std::vector<PlanOverride> overrides;  // at most 10000
+  int line = 0;                         // 1-based line where it was declared, for messages
+};
+
+// Limits for a function, however it is reached (every route whose `function` names it).
+struct FunctionConfig {
+  std::string name;               // [A-Za-z0-9_-]{1,64}, unique; required
+  RateConfig throttle;            // all callers together; unset = not limited
+  std::uint32_t concurrency = 0;  // most requests in flight; 0 = unlimited; 0..1000000
+  int line = 0;                   // 1-based line where it was declared, for messages
+};
+
+struct ApiKeysConfig {
+  std::string header = "x-api-key";  // request header carrying the key; an HTTP token of at
+                                     // most 256 bytes, stored lower-case; framing headers (host,
+                                     // content-length, ...) are refused
+  milliseconds quota_flush_interval{1000};  // quota counters are written to the store at least
+                                            // this often; 10ms..1m
+};
+
+// Gateway-wide throttling layers.
+struct ThrottlingConfig {
+  RateConfig account;                // the whole gateway; unset = not limited
+  RateConfig client_ip;              // per client IP, for routes that take no API key
+  std::uint32_t concurrency = 0;     // account in-flight max; 0 = unlimited; 0..1000000
+  milliseconds concurrency_wait{0};  // bounded wait for a concurrency slot (any gate);
+                                     // 0 = refuse at once; 0..1m
+};
+
+// Whether a route takes an API key (YAML api_key: none | optional | required; default none).
+enum class ApiKeyMode : std::uint8_t { kNone, kOptional, kRequired };
+
 // What a route answers with.
 struct StaticTarget {
   std::uint16_t status = 200;               // 100..599
@@ -83,12 +152,17 @@ struct Route {
                                      // or ".." segments, no '?' or '#'; <= 2048 bytes
   std::vector<std::string> stages;   // names from Config::stages (checked), at most 100;
                                      // empty = every stage (or no stage prefix if none defined)
-  Target target;
-  int line = 0;  // 1-based line where it was declared, for messages
+  Target target;                     // target.function must name a Config::functions entry
+                                     // when set (checked)
+  ApiKeyMode api_key = ApiKeyMode::kNone;  // YAML api_key: none | optional | required
+  RateConfig throttle;                     // the route, all callers together; unset = no limit
+  std::uint32_t concurrency = 0;           // most in flight; 0 = unlimited; 0..1000000
+  int line = 0;                            // 1-based line where it was declared, for messages
 };
 
 struct Stage {
-  std::string name;  // [A-Za-z0-9_-]{1,64}; requests are /{stage}/...
+  std::string name;     // [A-Za-z0-9_-]{1,64}; requests are /{stage}/...
+  RateConfig throttle;  // the stage, all callers together; unset = not limited
 };
 
 struct Upstream {
@@ -132,9 +206,17 @@ struct Config {
   std::vector<Stage> stages;        // at most 100
   std::vector<Upstream> upstreams;  // at most 1000
   std::vector<Route> routes;        // at most 10000, in file order
+  ApiKeysConfig api_keys;
+  ThrottlingConfig throttling;
+  std::vector<FunctionConfig> functions;  // at most 10000
+  std::vector<Plan> plans;                // at most 1000
 
   // The upstream called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const Upstream* find_upstream(std::string_view name) const;
+  // The plan called `name`, or nullptr. Linear; the pointer lives as long as this Config.
+  [[nodiscard]] const Plan* find_plan(std::string_view name) const;
+  // The function called `name`, or nullptr. Linear; the pointer lives as long as this Config.
+  [[nodiscard]] const FunctionConfig* find_function(std::string_view name) const;
 };
 
 // One problem found in a config file.

@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <span>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 #include <variant>
 
@@ -26,6 +28,7 @@ using namespace std::chrono_literals;
 constexpr std::int64_t kKiB = 1024;
 constexpr std::int64_t kMiB = 1024 * kKiB;
 constexpr std::int64_t kGiB = 1024 * kMiB;
+constexpr std::int64_t kMilli = 1000;  // kRate bounds are in thousandths of a request per second
 
 // How a key's YAML value is read.
 enum class Kind : std::uint8_t {
@@ -38,6 +41,7 @@ enum class Kind : std::uint8_t {
   kListen,      // "host:port"
   kUrl,         // "http://host[:port][/base]"
   kMethods,     // a method or a sequence of methods; min..max items
+  kRate,        // a decimal number of requests per second (0.5, 100); min..max in thousandths
   kHeaders,     // mapping of header name to value; at most max entries
   kSection,     // a nested mapping with its own table
   kList,        // a sequence of mappings, each with the table; min..max items
@@ -45,20 +49,56 @@ enum class Kind : std::uint8_t {
 
 // Extra checks on the text of a kString / kStringList value.
 enum class Format : std::uint8_t {
-  kText,       // anything (response bodies)
-  kLine,       // no control characters except tab
-  kName,       // [A-Za-z0-9_-]{1,64}
-  kRoutePath,  // a route template: /items/{id}, /files/{proxy+}
-  kPath,       // a fixed absolute path: /healthz
-  kPrefix,     // "" or a fixed absolute path without a trailing '/'
-  kSha256,     // "" or 64 hex digits (stored lower-case); never echoed, it may be a pasted token
-  kLogLevel,   // trace|debug|info|warn|error|off
-  kAccessLog,  // stdout|stderr|off|file path
-  kStoreUrl,   // sqlite://PATH or postgres://...; never echoed, it may carry a password
+  kText,        // anything (response bodies)
+  kLine,        // no control characters except tab
+  kName,        // [A-Za-z0-9_-]{1,64}
+  kRoutePath,   // a route template: /items/{id}, /files/{proxy+}
+  kPath,        // a fixed absolute path: /healthz
+  kPrefix,      // "" or a fixed absolute path without a trailing '/'
+  kSha256,      // "" or 64 hex digits (stored lower-case); never echoed, it may be a pasted token
+  kLogLevel,    // trace|debug|info|warn|error|off
+  kAccessLog,   // stdout|stderr|off|file path
+  kStoreUrl,    // sqlite://PATH or postgres://...; never echoed, it may carry a password
+  kRouteName,   // a route name: 1..256 bytes, no control characters except tab
+  kHeaderName,  // an HTTP token of at most 256 bytes, not a framing header (stored lower-case)
+  kPeriod,      // DAY | WEEK | MONTH
 };
 
 constexpr std::array<std::string_view, 6> kLogLevels{"trace", "debug", "info",
                                                      "warn",  "error", "off"};
+
+// Quota periods, and the largest offset each allows: a weekly period starts on weekday offset
+// (0 = Sunday), a monthly one on day offset + 1, and day 28 is the last every month has.
+struct PeriodInfo {
+  std::string_view name;
+  std::uint32_t max_offset;
+};
+constexpr std::array<PeriodInfo, 3> kPeriods{{{"DAY", 0}, {"WEEK", 6}, {"MONTH", 27}}};
+
+// Request headers that frame or route the request; an API key cannot travel in one of them.
+constexpr std::array<std::string_view, 9> kFramingRequestHeaders{
+    "host",    "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+    "trailer", "expect"};
+
+std::string ascii_lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](char c) {
+    return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+  });
+  return s;
+}
+
+// `m` thousandths as a decimal: 1 -> "0.001", 1500 -> "1.5", 1000000000 -> "1000000".
+std::string thousandths(std::int64_t m) {
+  std::string out = std::to_string(m / kMilli);
+  std::int64_t rest = m % kMilli;
+  if (rest != 0) {
+    std::string digits = std::to_string(rest);
+    digits.insert(0, 3 - digits.size(), '0');
+    digits.erase(digits.find_last_not_of('0') + 1);
+    out += "." + digits;
+  }
+  return out;
+}
 
 // A YAML value and where to report problems with it: the value's own position, or its key's
 // when the value is null (yaml-cpp marks an empty value at the start of the next token).
@@ -302,6 +342,34 @@ class Walker {
     return *d;
   }
 
+  // kRate: a plain decimal number (fractions allowed, no exponent) within [min, max] thousandths.
+  std::optional<double> rate(const Value& v, const std::string& path, std::int64_t min,
+                             std::int64_t max) {
+    const bool plain = v.node.IsScalar() && (may_be(v.node, "float") || may_be(v.node, "int"));
+    const auto n = plain ? parse_decimal(v.node.Scalar()) : std::nullopt;
+    if (!n) {
+      if (plain && is_yaml_float(v.node.Scalar())) {
+        error(v.pos, path,
+              "expected a decimal number such as 100 or 0.5 (no exponent, inf or nan), got '" +
+                  printable(v.node.Scalar()) + "'");
+      } else {
+        type_error(v, path, "a number");
+      }
+      return std::nullopt;
+    }
+    const double lo = static_cast<double>(min) / static_cast<double>(kMilli);
+    const double hi = static_cast<double>(max) / static_cast<double>(kMilli);
+    const bool below = *n < lo;
+    const bool above = *n > hi;
+    if (!in_range(v, path, below, above, thousandths(min), thousandths(max))) {
+      return std::nullopt;
+    }
+    return *n;
+  }
+
+  // Where the value at `path` was seen during this walk (see Decoded::positions).
+  [[nodiscard]] Position position(std::string_view path) const { return out_.position(path); }
+
   // kString: any scalar (YAML plain numbers and booleans are taken as their text), length
   // within [min, max] bytes, then `format`.
   std::optional<std::string> string(const Value& v, const std::string& path, std::int64_t min,
@@ -419,6 +487,44 @@ class Walker {
           return std::nullopt;
         }
         return "must start with sqlite:// or postgres://";
+      }
+      case Format::kRouteName:
+        if (s.empty()) {
+          return "must not be empty";
+        }
+        if (s.size() > 256) {
+          return "is " + std::to_string(s.size()) + " bytes long; the maximum is 256";
+        }
+        if (has_control(s, true)) {
+          return "must not contain control characters (such as newlines)";
+        }
+        return std::nullopt;
+      case Format::kHeaderName: {
+        if (s.size() > 256 || !is_http_token(s)) {
+          return "'" + printable(s) + "' is not a valid header name";
+        }
+        s = ascii_lower(std::move(s));
+        const auto framing =
+            std::find(kFramingRequestHeaders.begin(), kFramingRequestHeaders.end(), s);
+        if (framing != kFramingRequestHeaders.end()) {
+          return "'" + s + "' frames or routes the request and cannot carry an API key";
+        }
+        return std::nullopt;
+      }
+      case Format::kPeriod: {
+        const auto is = [&](const PeriodInfo& p) { return p.name == s; };
+        if (std::find_if(kPeriods.begin(), kPeriods.end(), is) != kPeriods.end()) {
+          return std::nullopt;
+        }
+        std::string upper = s;
+        std::transform(upper.begin(), upper.end(), upper.begin(), [](char c) {
+          return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c;
+        });
+        const auto is_upper = [&](const PeriodInfo& p) { return p.name == upper; };
+        if (std::find_if(kPeriods.begin(), kPeriods.end(), is_upper) != kPeriods.end()) {
+          return "'" + printable(s) + "' must be upper-case: " + upper;
+        }
+        return "'" + printable(s) + "' is not one of DAY, WEEK, MONTH";
       }
     }
     return std::nullopt;
@@ -562,6 +668,8 @@ void decode_string_list(Walker& w, const Field<S>& f, const Value& v, const std:
         "has " + std::to_string(v.node.size()) + " items; the maximum is " + std::to_string(f.max));
     return;
   }
+  // A set, not a scan of `out`: plans[].routes may hold 10000 items.
+  std::unordered_set<std::string> seen;
   std::size_t i = 0;
   for (auto it = v.node.begin(); it != v.node.end() && w.go(); ++it, ++i) {
     const Value item{*it, position_of(*it)};
@@ -572,7 +680,7 @@ void decode_string_list(Walker& w, const Field<S>& f, const Value& v, const std:
       out.emplace_back();
       continue;
     }
-    if (std::find(out.begin(), out.end(), *s) != out.end()) {
+    if (!seen.insert(*s).second) {
       w.error(item.pos, item_path, "duplicate '" + printable(*s) + "'");
     }
     out.push_back(std::move(*s));
@@ -813,6 +921,39 @@ void decode_function(Walker& w, const Field<Route>& f, const Value& v, const std
   }
 }
 
+void decode_api_key(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
+                    Route& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (*s == "none") {
+    out.api_key = ApiKeyMode::kNone;
+  } else if (*s == "optional") {
+    out.api_key = ApiKeyMode::kOptional;
+  } else if (*s == "required") {
+    out.api_key = ApiKeyMode::kRequired;
+  } else {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not one of none, optional, required");
+  }
+}
+
+void decode_rate(Walker& w, const Field<RateConfig>& f, const Value& v, const std::string& path,
+                 RateConfig& out) {
+  if (const auto rate = w.rate(v, path, f.min, f.max)) {
+    out.rate = *rate;
+    out.set = true;
+  }
+}
+
+// A hook rather than a plain row so that schema_keys() shows no default: it is derived from rate.
+void decode_burst(Walker& w, const Field<RateConfig>& f, const Value& v, const std::string& path,
+                  RateConfig& out) {
+  if (const auto n = w.integer(v, path, f.min, f.max)) {
+    out.burst = static_cast<std::uint32_t>(*n);  // f.max fits (static_assert by the table)
+  }
+}
+
 // Response headers the gateway computes itself; configuring them would let a route corrupt
 // the framing of its own responses. Returns why `name` is refused, or nullopt.
 std::optional<std::string_view> reserved_header(std::string_view name) {
@@ -918,8 +1059,88 @@ constexpr std::array kStoreFields{
     string("state", &StoreConfig::state, 1, 4096, Format::kStoreUrl),
 };
 
+// A throttle. `rate` is required, so `burst` alone is an error.
+constexpr std::array kRateFields{
+    custom<RateConfig>("rate", Kind::kRate, &decode_rate, 1, 1'000'000 * kMilli, Format::kLine,
+                       /*required=*/true),
+    custom<RateConfig>("burst", Kind::kInt, &decode_burst, 1, 1'000'000, Format::kLine),
+};
+// burst lands in a uint32 through its hook, which well_formed() cannot see. And the GCRA
+// arithmetic takes burst * (1 / rate) in nanoseconds: with rate >= 0.001 and burst <= 1e6 that
+// is at most 1e18 ns, inside int64.
+static_assert(kRateFields[1].max <= std::numeric_limits<std::uint32_t>::max());
+static_assert(kRateFields[0].min >= 1 && kRateFields[1].max <= 1'000'000);
+
+template <auto Member>
+void throttle_hook(Walker& w, const Field<OwnerOf<Member>>& /*f*/, const Value& v,
+                   const std::string& path, OwnerOf<Member>& out) {
+  RateConfig& r = out.*Member;
+  walk_map(w, v, path, rows(kRateFields), r);
+  if (r.set && r.burst == 0) {
+    // No burst given: one second's worth of requests at once, and at least one.
+    r.burst = static_cast<std::uint32_t>(std::max(1.0, std::ceil(r.rate)));
+  }
+}
+
+template <auto Member>
+constexpr Field<OwnerOf<Member>> throttle(std::string_view key, bool required = false) {
+  return {.key = key,
+          .kind = Kind::kSection,
+          .slot = Hook<OwnerOf<Member>>{&throttle_hook<Member>},
+          .required = required,
+          .describe = &describe_table<kRateFields>};
+}
+
+constexpr std::array kQuotaFields{
+    Field<QuotaConfig>{.key = "limit",
+                       .kind = Kind::kInt,
+                       .slot = &QuotaConfig::limit,
+                       .min = 1,
+                       .max = 1'000'000'000'000,
+                       .required = true},
+    string("period", &QuotaConfig::period, 1, 16, Format::kPeriod),
+    integer("offset", &QuotaConfig::offset, 0, 27),  // the largest of kPeriods; checked below
+};
+
+// A quota; the offset bound depends on the period.
+template <auto Member>
+void quota_hook(Walker& w, const Field<OwnerOf<Member>>& /*f*/, const Value& v,
+                const std::string& path, OwnerOf<Member>& out) {
+  QuotaConfig& q = out.*Member;
+  walk_map(w, v, path, rows(kQuotaFields), q);
+  q.set = q.limit != 0;
+  if (!v.node.IsMap() || q.offset == 0) {
+    return;
+  }
+  // A period that failed its check leaves the default in q.period; its offset is not judged
+  // against that default. (operator[] finds the first "period" key, the one walk_map used.)
+  const YAML::Node period = v.node["period"];
+  if (period && !(period.IsScalar() && period.Scalar() == q.period)) {
+    return;
+  }
+  const auto info = std::find_if(kPeriods.begin(), kPeriods.end(),
+                                 [&](const PeriodInfo& p) { return p.name == q.period; });
+  if (info == kPeriods.end() || q.offset <= info->max_offset) {
+    return;  // end(): cannot happen, the period passed Format::kPeriod
+  }
+  const std::string offset_path = join(path, "offset");
+  w.error(w.position(offset_path), offset_path,
+          info->max_offset == 0 ? "must be 0 for period " + q.period
+                                : std::to_string(q.offset) + " is above the maximum " +
+                                      std::to_string(info->max_offset) + " for period " + q.period);
+}
+
+template <auto Member>
+constexpr Field<OwnerOf<Member>> quota(std::string_view key) {
+  return {.key = key,
+          .kind = Kind::kSection,
+          .slot = Hook<OwnerOf<Member>>{&quota_hook<Member>},
+          .describe = &describe_table<kQuotaFields>};
+}
+
 constexpr std::array kStageFields{
     string("name", &Stage::name, 1, 64, Format::kName, /*required=*/true),
+    throttle<&Stage::throttle>("throttle"),
 };
 
 constexpr std::array kUpstreamFields{
@@ -983,6 +1204,51 @@ constexpr std::array kRouteFields{
                  .slot = Hook<Route>{&decode_target},
                  .required = true,
                  .describe = &describe_table<kTargetFields>},
+    custom<Route>("api_key", Kind::kString, &decode_api_key, 1, 64, Format::kLine),
+    throttle<&Route::throttle>("throttle"),
+    integer("concurrency", &Route::concurrency, 0, 1'000'000),
+};
+
+constexpr std::array kApiKeysFields{
+    string("header", &ApiKeysConfig::header, 1, 256, Format::kHeaderName),
+    duration("quota_flush_interval", &ApiKeysConfig::quota_flush_interval, 10ms, 1min),
+};
+
+constexpr std::array kThrottlingFields{
+    throttle<&ThrottlingConfig::account>("account"),
+    throttle<&ThrottlingConfig::client_ip>("client_ip"),
+    integer("concurrency", &ThrottlingConfig::concurrency, 0, 1'000'000),
+    duration("concurrency_wait", &ThrottlingConfig::concurrency_wait, 0ms, 1min),
+};
+
+constexpr std::array kFunctionFields{
+    string("name", &FunctionConfig::name, 1, 64, Format::kName, /*required=*/true),
+    throttle<&FunctionConfig::throttle>("throttle"),
+    integer("concurrency", &FunctionConfig::concurrency, 0, 1'000'000),
+};
+
+constexpr std::array kOverrideFields{
+    string("route", &PlanOverride::route, 1, 256, Format::kRouteName, /*required=*/true),
+    throttle<&PlanOverride::throttle>("throttle", /*required=*/true),
+};
+
+constexpr std::array kPlanFields{
+    string("name", &Plan::name, 1, 64, Format::kName, /*required=*/true),
+    throttle<&Plan::throttle>("throttle"),
+    quota<&Plan::quota>("quota"),
+    Field<Plan>{.key = "stages",
+                .kind = Kind::kStringList,
+                .slot = &Plan::stages,
+                .min = 0,
+                .max = 100,
+                .format = Format::kName},
+    Field<Plan>{.key = "routes",
+                .kind = Kind::kStringList,
+                .slot = &Plan::routes,
+                .min = 0,
+                .max = 10'000,
+                .format = Format::kRouteName},
+    list<&Plan::overrides, kOverrideFields>("overrides", 10'000),
 };
 
 constexpr std::array kConfigFields{
@@ -994,6 +1260,10 @@ constexpr std::array kConfigFields{
     list<&Config::stages, kStageFields>("stages", 100),
     list<&Config::upstreams, kUpstreamFields>("upstreams", 1000),
     list<&Config::routes, kRouteFields>("routes", 10'000),
+    section<&Config::api_keys, kApiKeysFields>("api_keys"),
+    section<&Config::throttling, kThrottlingFields>("throttling"),
+    list<&Config::functions, kFunctionFields>("functions", 10'000),
+    list<&Config::plans, kPlanFields>("plans", 1000),
 };
 
 // Bounds must fit the member they land in, and tables must fit the 64-bit `seen` mask.
@@ -1029,12 +1299,19 @@ static_assert(well_formed(kLimitsFields));
 static_assert(well_formed(kAdminFields));
 static_assert(well_formed(kLogFields));
 static_assert(well_formed(kStoreFields));
+static_assert(well_formed(kRateFields));
+static_assert(well_formed(kQuotaFields));
 static_assert(well_formed(kStageFields));
 static_assert(well_formed(kUpstreamFields));
 static_assert(well_formed(kStaticFields));
 static_assert(well_formed(kHttpFields));
 static_assert(well_formed(kTargetFields));
 static_assert(well_formed(kRouteFields));
+static_assert(well_formed(kApiKeysFields));
+static_assert(well_formed(kThrottlingFields));
+static_assert(well_formed(kFunctionFields));
+static_assert(well_formed(kOverrideFields));
+static_assert(well_formed(kPlanFields));
 static_assert(well_formed(kConfigFields));
 
 // ---------------------------------------------------------------------------------------------
@@ -1061,6 +1338,8 @@ std::string_view kind_name(const Field<S>& f) {
       return "url";
     case Kind::kMethods:
       return "method list";
+    case Kind::kRate:
+      return "number";
     case Kind::kHeaders:
       return "header map";
     case Kind::kSection:
@@ -1080,6 +1359,8 @@ std::string bounds_text(const Field<S>& f) {
       return range;
     case Kind::kDuration:
       return format_duration(milliseconds(f.min)) + ".." + format_duration(milliseconds(f.max));
+    case Kind::kRate:
+      return thousandths(f.min) + ".." + thousandths(f.max);
     case Kind::kString:
     case Kind::kListen:
     case Kind::kUrl:

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <limits>
 #include <set>
+#include <system_error>
 #include <vector>
 
 namespace gatehouse::config::detail {
@@ -220,6 +222,35 @@ std::optional<std::int64_t> parse_integer(std::string_view s) noexcept {
     return std::numeric_limits<std::int64_t>::max();
   }
   return static_cast<std::int64_t>(*magnitude);
+}
+
+std::optional<double> parse_decimal(std::string_view s) noexcept {
+  bool negative = false;
+  if (!s.empty() && (s.front() == '-' || s.front() == '+')) {
+    negative = s.front() == '-';
+    s.remove_prefix(1);
+  }
+  const std::size_t dot = s.find('.');
+  const std::string_view whole = s.substr(0, dot);
+  const std::string_view fraction =
+      dot == std::string_view::npos ? std::string_view() : s.substr(dot + 1);
+  const auto all_digits = [](std::string_view d) {
+    return std::all_of(d.begin(), d.end(), is_digit);
+  };
+  if (whole.size() + fraction.size() == 0 || !all_digits(whole) || !all_digits(fraction)) {
+    return std::nullopt;
+  }
+  double v = 0;
+  const auto [end, ec] =
+      std::from_chars(s.data(), s.data() + s.size(), v, std::chars_format::fixed);
+  if (ec == std::errc::result_out_of_range) {
+    // Out of range one way or the other: a non-zero whole part can only overflow.
+    const bool big = std::any_of(whole.begin(), whole.end(), [](char c) { return c != '0'; });
+    v = big ? std::numeric_limits<double>::infinity() : 0.0;
+  } else if (ec != std::errc() || end != s.data() + s.size()) {
+    return std::nullopt;  // not expected after the syntax check above
+  }
+  return negative ? -v : v;
 }
 
 std::optional<std::uint64_t> parse_size(std::string_view s) noexcept {
@@ -458,6 +489,11 @@ std::string_view closest(std::string_view word, std::span<const std::string_view
   std::vector<std::size_t> row;
   std::vector<std::size_t> prev;
   for (const std::string_view cand : candidates) {
+    // The distance is at least the difference in length, and only 2 or less can win: this skips
+    // most candidates of a long list (route names) without the quadratic table.
+    if (cand.size() > word.size() + 2 || word.size() > cand.size() + 2) {
+      continue;
+    }
     // Levenshtein distance, two rows.
     prev.resize(cand.size() + 1);
     row.resize(cand.size() + 1);

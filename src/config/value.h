@@ -20,6 +20,11 @@ namespace gatehouse::config::detail {
 // check still reports the right side.
 [[nodiscard]] std::optional<std::int64_t> parse_integer(std::string_view s) noexcept;
 
+// A decimal number: optional sign, digits with an optional fraction ("100", "0.5", ".5", "5.",
+// "-1"); no exponent, inf or nan, no spaces. Magnitudes beyond double saturate to +-infinity and
+// those too small for it become 0, so a range check still reports the right side.
+[[nodiscard]] std::optional<double> parse_decimal(std::string_view s) noexcept;
+
 // A size in bytes: digits with an optional binary suffix KiB, MiB or GiB ("16KiB", "10MiB",
 // "1048576"). Saturates at UINT64_MAX. nullopt for anything else (signs, spaces, "KB", "1.5MiB").
 [[nodiscard]] std::optional<std::uint64_t> parse_size(std::string_view s) noexcept;

@@ -11,9 +11,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/json.hpp>
 #include <mutex>
 #include <thread>
 
+#include "gateway/limiter.h"
 #include "gateway/metrics.h"
 #include "gateway/proxy.h"
 #include "store/store.h"
@@ -41,6 +44,7 @@ struct RouteEntry {
 struct Snapshot {
   config::Config config;
   std::unique_ptr<http::Router> router;
+  std::shared_ptr<const LimitTable> limits;
   std::vector<RouteEntry> routes;
   steady_clock::time_point loaded_at = steady_clock::now();
   std::uint64_t generation = 0;
@@ -123,11 +127,16 @@ core::Result<net::ip::tcp::endpoint> resolve(const std::string& host, std::uint1
 }
 
 core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metrics& metrics,
-                                                      std::uint64_t generation) {
+                                                      Limiter& limiter, std::uint64_t generation) {
   auto snap = std::make_shared<Snapshot>();
   snap->config = std::move(cfg);
   snap->generation = generation;
   const config::Config& c = snap->config;
+  auto limits = limiter.compile(c);
+  if (!limits) {
+    return tl::unexpected(limits.error());
+  }
+  snap->limits = *limits;
 
   std::vector<http::RouteSpec> specs;
   specs.reserve(c.routes.size());
@@ -259,12 +268,21 @@ class GatewayImpl final : public Gateway {
   GatewayImpl(Stages stages, std::unique_ptr<store::Store> store, unsigned workers)
       : stages_(std::move(stages)),
         store_(std::move(store)),
+        limiter_(std::make_unique<Limiter>(*store_, core::system_clock(), workers)),
         metrics_(workers),
         proxy_(workers),
-        pipeline_(*this, workers) {}
+        pipeline_(*this, workers) {
+    pass_authorize_ = allow_all();
+    pass_guard_ = no_guard();
+    authenticate_ = stages_.authenticate ? stages_.authenticate.get() : limiter_.get();
+    authorize_ = stages_.authorize ? stages_.authorize.get() : pass_authorize_.get();
+    throttle_ = stages_.throttle ? stages_.throttle.get() : limiter_.get();
+    guard_ = stages_.guard ? stages_.guard.get() : pass_guard_.get();
+  }
 
   ~GatewayImpl() override {
     stop();
+    blocking_.join();  // admin work in flight finishes while the store and workers still exist
     // Workers have exited. Pooled upstream sockets go before their io_contexts, and the server
     // (whose sessions call back into the pipeline and stages as they die) before those.
     if (server_) {
@@ -277,7 +295,7 @@ class GatewayImpl final : public Gateway {
 
   core::Result<void> init(config::Config config) {
     setup_access_log(config.log);
-    auto snap = compile(std::move(config), metrics_, ++generation_);
+    auto snap = compile(std::move(config), metrics_, *limiter_, ++generation_);
     if (!snap) {
       return tl::unexpected(snap.error());
     }
@@ -288,6 +306,13 @@ class GatewayImpl final : public Gateway {
   }
 
   core::Result<void> start() override {
+    auto l = limiter_->start(snapshot_->config.api_keys.quota_flush_interval,
+                             [this](std::function<void(unsigned)> fn) {
+                               server_->run_on_all_workers(std::move(fn));
+                             });
+    if (!l) {
+      return l;
+    }
     auto r = server_->start();
     if (r) {
       spdlog::info("gatehouse listening on {}:{} with {} workers, {} routes",
@@ -307,7 +332,7 @@ class GatewayImpl final : public Gateway {
       spdlog::warn("reload: server.listen, server.threads, store.state and log.access_log take "
                    "effect only after a restart; the running values stay");
     }
-    auto snap = compile(std::move(config), metrics_, generation_ + 1);
+    auto snap = compile(std::move(config), metrics_, *limiter_, generation_ + 1);
     if (!snap) {
       reloads_failed_.fetch_add(1);
       return tl::unexpected(snap.error());
@@ -379,6 +404,7 @@ class GatewayImpl final : public Gateway {
       return;
     }
     server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
+    limiter_->stop();  // writes the last quota counts
     spdlog::info("stopped");
     if (access_) {
       access_->flush();
@@ -428,6 +454,118 @@ class GatewayImpl final : public Gateway {
     });
   }
 
+  struct AdminReply {
+    int status = 200;
+    std::string code;  // error code when status >= 400
+    std::string body;  // JSON body, or the error message
+  };
+
+  // Runs `fn` on the blocking pool (store I/O never runs on an I/O thread), then `done` with its
+  // reply back on the worker.
+  void run_blocking(net::io_context& worker_ioc, std::function<AdminReply()> fn,
+                    std::function<void(AdminReply)> done) {
+    net::post(blocking_, [&worker_ioc, fn = std::move(fn), done = std::move(done)]() mutable {
+      AdminReply r = fn();
+      net::post(worker_ioc, [r = std::move(r), done = std::move(done)]() mutable {
+        done(std::move(r));
+      });
+    });
+  }
+
+  // The admin API for API keys: GET /keys, POST /keys {"name","plan","stages"},
+  // POST /keys/{id or name}/revoke, POST /keys/{id or name}/rotate. Blocking pool only.
+  AdminReply admin_keys(std::string method, std::string sub, std::string body,
+                        std::shared_ptr<const Snapshot> snap) {
+    auth::KeyRegistry keys(*store_, core::system_clock());
+    auto fail = [](const core::Error& e) {
+      return AdminReply{core::http_status(e.code), std::string(core::error_name(e.code)),
+                        e.message};
+    };
+    auto record = [](const auth::ApiKey& k, const std::string* secret) {
+      boost::json::object o;
+      o["id"] = k.id;
+      o["name"] = k.name;
+      o["plan"] = k.plan;
+      boost::json::array st;
+      for (const auto& s : k.stages) {
+        st.emplace_back(s);
+      }
+      o["stages"] = std::move(st);
+      o["revoked"] = k.revoked;
+      o["created_ms"] = k.created_ms;
+      if (secret != nullptr) {
+        o["key"] = *secret;  // shown once
+      }
+      return o;
+    };
+    if (sub == "/keys" && method == "GET") {
+      auto all = keys.list();
+      if (!all) {
+        return fail(all.error());
+      }
+      boost::json::array arr;
+      for (const auto& k : *all) {
+        arr.emplace_back(record(k, nullptr));
+      }
+      return AdminReply{200, {}, boost::json::serialize(boost::json::object{{"keys", arr}})};
+    }
+    if (sub == "/keys" && method == "POST") {
+      boost::system::error_code ec;
+      auto v = boost::json::parse(body, ec);
+      const auto* o = !ec && v.is_object() ? &v.get_object() : nullptr;
+      const auto* name = o != nullptr ? o->if_contains("name") : nullptr;
+      const auto* plan = o != nullptr ? o->if_contains("plan") : nullptr;
+      if (name == nullptr || !name->is_string() || plan == nullptr || !plan->is_string()) {
+        return AdminReply{400, "BadRequest", "expected {\"name\": string, \"plan\": string}"};
+      }
+      const std::string plan_name(plan->get_string());
+      if (snap->config.find_plan(plan_name) == nullptr) {
+        return AdminReply{400, "InvalidArgument", "no plan '" + plan_name + "'"};
+      }
+      std::vector<std::string> stages;
+      if (const auto* st = o->if_contains("stages"); st != nullptr && st->is_array()) {
+        for (const auto& x : st->get_array()) {
+          if (!x.is_string()) {
+            return AdminReply{400, "BadRequest", "stages must be strings"};
+          }
+          stages.emplace_back(x.get_string());
+        }
+      }
+      auto created = keys.create(std::string(name->get_string()), plan_name, std::move(stages));
+      if (!created) {
+        return fail(created.error());
+      }
+      limiter_->reload_keys();
+      return AdminReply{201, {}, boost::json::serialize(record(created->record, &created->key))};
+    }
+    constexpr std::string_view kKeys = "/keys/";
+    if (method == "POST" && sub.rfind(kKeys, 0) == 0) {
+      const std::string rest = sub.substr(kKeys.size());
+      const auto slash = rest.rfind('/');
+      if (slash != std::string::npos) {
+        const std::string ref = rest.substr(0, slash);
+        const std::string action = rest.substr(slash + 1);
+        if (action == "revoke") {
+          auto r = keys.revoke(ref);
+          if (!r) {
+            return fail(r.error());
+          }
+          limiter_->reload_keys();
+          return AdminReply{200, {}, boost::json::serialize(record(*r, nullptr))};
+        }
+        if (action == "rotate") {
+          auto r = keys.rotate(ref);
+          if (!r) {
+            return fail(r.error());
+          }
+          limiter_->reload_keys();
+          return AdminReply{200, {}, boost::json::serialize(record(r->record, &r->key))};
+        }
+      }
+    }
+    return AdminReply{404, "NotFound", "no such admin endpoint"};
+  }
+
   void log_access(const http::Exchange& ex, const RequestContext& ctx, std::uint64_t dur_us) {
     if (!access_) {
       return;
@@ -459,7 +597,10 @@ class GatewayImpl final : public Gateway {
     access_->info(line);
   }
 
-  Stages& stages() { return stages_; }
+  Authenticator& authenticator() { return *authenticate_; }
+  Authorizer& authorizer() { return *authorize_; }
+  Throttle& throttle() { return *throttle_; }
+  Guard& guard() { return *guard_; }
   Metrics& metrics() { return metrics_; }
   Proxy& proxy() { return proxy_; }
 
@@ -486,6 +627,13 @@ class GatewayImpl final : public Gateway {
 
   Stages stages_;
   std::unique_ptr<store::Store> store_;
+  std::unique_ptr<Limiter> limiter_;
+  std::unique_ptr<Authorizer> pass_authorize_;
+  std::unique_ptr<Guard> pass_guard_;
+  Authenticator* authenticate_ = nullptr;  // the stages in effect (owned above)
+  Authorizer* authorize_ = nullptr;
+  Throttle* throttle_ = nullptr;
+  Guard* guard_ = nullptr;
   mutable Metrics metrics_;
   std::unique_ptr<http::Server> server_;  // declared before proxy_: destroyed after it
   Proxy proxy_;
@@ -498,6 +646,7 @@ class GatewayImpl final : public Gateway {
   std::atomic<std::uint64_t> reloads_failed_{0};
   std::atomic<bool> stopped_{false};
   std::atomic<net::io_context*> control_{nullptr};
+  net::thread_pool blocking_{1};  // admin store I/O; joined in the destructor before the store goes
 };
 
 http::Step Pipeline::on_headers(http::Exchange& ex) {
@@ -512,6 +661,11 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.snapshot = &s;
   ctx.route = nullptr;
   ctx.route_name = {};
+  ctx.worker = ex.worker();
+  ctx.limits = s.limits.get();
+  ctx.api_key = nullptr;
+  ctx.key_state = nullptr;
+  ctx.gate_count = 0;
   ctx.request = &ex.request();
   ctx.principal = Principal{};
   ctx.remote_ip = ex.remote_ip();
@@ -556,16 +710,15 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.function = ctx.route->route->target.function;
 
   Refusal r;
-  Stages& st = gw_.stages();
-  if (st.authenticate->authenticate(ctx, r) == Verdict::kRefuse ||
-      st.authorize->authorize(ctx, r) == Verdict::kRefuse) {
+  if (gw_.authenticator().authenticate(ctx, r) == Verdict::kRefuse ||
+      gw_.authorizer().authorize(ctx, r) == Verdict::kRefuse) {
     return refuse(ex, c, r);
   }
-  if (st.throttle->admit(ctx, r) == Verdict::kRefuse) {
+  if (gw_.throttle().admit(ctx, r) == Verdict::kRefuse) {
     return refuse(ex, c, r);
   }
   c.admitted = true;
-  if (st.guard->check(ctx, r) == Verdict::kRefuse) {
+  if (gw_.guard().check(ctx, r) == Verdict::kRefuse) {
     return refuse(ex, c, r);
   }
   // A static answer needs no body: answer now unless one was sent (then read and discard it so
@@ -719,6 +872,30 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
         });
         return http::Step::kPending;
       }
+      if (sub == "/keys" || sub.rfind("/keys/", 0) == 0) {
+        auto* ioc = static_cast<net::io_context*>(ex.io_context());
+        auto token = ex.keep_alive_token();
+        gw_.run_blocking(
+            *ioc,
+            [this, method = std::string(req.method), sub = std::string(sub),
+             body = std::string(req.body), snap = c.snapshot] {
+              return gw_.admin_keys(method, sub, body, snap);
+            },
+            [&ex, token](GatewayImpl::AdminReply r) {
+              if (r.status < 400) {
+                http::ResponseWriter rw(ex.out());
+                rw.start(r.status, ex.request_id(), ex.keep_alive());
+                rw.header("Cache-Control", "no-store");
+                rw.body("application/json", r.body);
+              } else {
+                http::write_error(ex.out(), r.status, r.code, r.body, ex.request_id(),
+                                  ex.keep_alive());
+              }
+              ex.set_status(r.status);
+              ex.resume();
+            });
+        return http::Step::kPending;
+      }
       return refuse(ex, c, Refusal{404, "NotFound", "no such admin endpoint", {}});
     }
     case Conn::Builtin::kNone:
@@ -731,7 +908,7 @@ void Pipeline::on_complete(http::Exchange& ex) {
   auto& c = static_cast<Conn&>(ex.state());
   if (c.admitted) {
     c.admitted = false;
-    gw_.stages().throttle->release(c.ctx);
+    gw_.throttle().release(c.ctx);
   }
   const auto now = steady_clock::now();
   const auto dur = static_cast<std::uint64_t>(

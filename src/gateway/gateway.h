@@ -10,6 +10,7 @@
 // worker thread, before the body is read, so a refusal costs no body bytes. They must not block
 // and should not allocate on the refusal path.
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -20,10 +21,19 @@
 #include "core/core.h"
 #include "http/http.h"
 
+namespace gatehouse::auth {
+struct ApiKey;
+}
+namespace gatehouse::limits {
+class Gate;
+}
+
 namespace gatehouse::gateway {
 
 struct Snapshot;    // the compiled, immutable form of one Config (gateway.cc)
 struct RouteEntry;  // one compiled route of a Snapshot
+struct LimitTable;  // the compiled limits of a Snapshot (limiter.h)
+struct KeyState;    // an API key's limiter cells (limiter.h)
 
 // Who is calling. Filled by the authenticate stage; "anonymous" by default.
 struct Principal {
@@ -45,6 +55,12 @@ struct RequestContext {
   std::string_view function;             // the function the target names ("" if none)
   std::chrono::steady_clock::time_point started{};
   std::uint32_t route_index = 0;
+  unsigned worker = 0;                   // the worker thread handling the request
+  const LimitTable* limits = nullptr;    // the snapshot's compiled limits
+  const auth::ApiKey* api_key = nullptr; // set by the API-key authenticator
+  KeyState* key_state = nullptr;         // that key's limiter cells
+  std::array<limits::Gate*, 3> gates{};  // concurrency gates entered by the throttle
+  std::uint8_t gate_count = 0;
 };
 
 // A stage's refusal: status, stable error code and message (both with static storage or owned by
@@ -90,17 +106,19 @@ class Guard {
   virtual Verdict check(RequestContext& ctx, Refusal& out) = 0;
 };
 
-// Pass-through defaults.
+// Pass-through stages.
 std::unique_ptr<Authenticator> allow_anonymous();
 std::unique_ptr<Authorizer> allow_all();
 std::unique_ptr<Throttle> no_throttle();
 std::unique_ptr<Guard> no_guard();
 
+// The stages a gateway runs. A null member means the built-in one: API keys (authenticate),
+// the layered limiter (throttle), pass-through (authorize, guard) until their issues land.
 struct Stages {
-  std::unique_ptr<Authenticator> authenticate = allow_anonymous();
-  std::unique_ptr<Authorizer> authorize = allow_all();
-  std::unique_ptr<Throttle> throttle = no_throttle();
-  std::unique_ptr<Guard> guard = no_guard();
+  std::unique_ptr<Authenticator> authenticate;
+  std::unique_ptr<Authorizer> authorize;
+  std::unique_ptr<Throttle> throttle;
+  std::unique_ptr<Guard> guard;
 };
 
 // The running gateway: server, store, stages and the current snapshot. Owned by main.

@@ -83,12 +83,21 @@ void expect_defaults(const Config& c) {
   EXPECT_TRUE(c.stages.empty());
   EXPECT_TRUE(c.upstreams.empty());
   EXPECT_TRUE(c.routes.empty());
+  EXPECT_EQ(c.api_keys.header, "x-api-key");
+  EXPECT_EQ(c.api_keys.quota_flush_interval, milliseconds(1000));
+  EXPECT_FALSE(c.throttling.account.set);
+  EXPECT_FALSE(c.throttling.client_ip.set);
+  EXPECT_EQ(c.throttling.concurrency, 0U);
+  EXPECT_EQ(c.throttling.concurrency_wait, milliseconds(0));
+  EXPECT_TRUE(c.functions.empty());
+  EXPECT_TRUE(c.plans.empty());
 }
 
 TEST(ConfigDefaults, EmptyDocumentsTakeTheDefaults) {
   for (const std::string_view yaml :
        {"", "\n", "# only a comment\n", "~\n", "---\n", "---\n...\n", "server:\nlimits: ~\n",
-        "stages: []\nupstreams: []\nroutes: []\n", "server: {}\nroutes:\n"}) {
+        "stages: []\nupstreams: []\nroutes: []\n", "server: {}\nroutes:\n",
+        "api_keys: {}\nthrottling:\nfunctions: []\nplans: ~\n"}) {
     SCOPED_TRACE(yaml);
     const Config c = ok(yaml);
     expect_defaults(c);
@@ -118,6 +127,25 @@ TEST(ConfigExample, LoadsAndServesHello) {
     return r.path.find('{') != std::string::npos;
   });
   EXPECT_TRUE(has_param);
+  // /hello stays keyless and unthrottled, so `curl http://127.0.0.1:8080/hello` just works.
+  EXPECT_EQ(hello.api_key, ApiKeyMode::kNone);
+  EXPECT_FALSE(hello.throttle.set);
+  ASSERT_NE(c.find_function(hello.target.function), nullptr);
+  EXPECT_FALSE(c.find_function(hello.target.function)->throttle.set);
+  // A keyed route on the free plan.
+  const Plan* free = c.find_plan("free");
+  ASSERT_NE(free, nullptr);
+  EXPECT_TRUE(free->throttle.set);
+  EXPECT_TRUE(free->quota.set);
+  const auto keyed = std::find_if(c.routes.begin(), c.routes.end(), [](const Route& r) {
+    return r.api_key == ApiKeyMode::kRequired;
+  });
+  ASSERT_NE(keyed, c.routes.end());
+  EXPECT_EQ(keyed->path, "/v1/items/{id}");
+  EXPECT_NE(std::find(free->routes.begin(), free->routes.end(), keyed->name), free->routes.end());
+  EXPECT_EQ(c.api_keys.header, "x-api-key");
+  EXPECT_TRUE(c.throttling.account.set);
+  EXPECT_TRUE(c.throttling.client_ip.set);
 }
 
 // Every key of the schema is documented in the example (as a key or in a comment).
@@ -154,6 +182,41 @@ TEST(ConfigSchema, KeysCarryTypesBoundsAndDefaults) {
   EXPECT_TRUE(k.required);
   k = find("admin.metrics_public");
   EXPECT_EQ(k.default_value, "false");
+  k = find("throttling.account.rate");
+  EXPECT_EQ(k.type, "number");
+  EXPECT_EQ(k.bounds, "0.001..1000000");
+  EXPECT_TRUE(k.required);
+  k = find("routes[].throttle.burst");
+  EXPECT_EQ(k.type, "integer");
+  EXPECT_EQ(k.bounds, "1..1000000");
+  EXPECT_EQ(k.default_value, "");  // derived from the rate
+  k = find("plans[].quota.limit");
+  EXPECT_EQ(k.bounds, "1..1000000000000");
+  EXPECT_TRUE(k.required);
+  k = find("plans[].quota.period");
+  EXPECT_EQ(k.default_value, "\"DAY\"");
+  k = find("plans[].quota.offset");
+  EXPECT_EQ(k.bounds, "0..27");
+  k = find("plans[].overrides[].throttle");
+  EXPECT_TRUE(k.required);
+  k = find("plans[].routes");
+  EXPECT_EQ(k.bounds, "at most 10000 items");
+  k = find("plans");
+  EXPECT_EQ(k.bounds, "at most 1000 items");
+  k = find("functions[].concurrency");
+  EXPECT_EQ(k.bounds, "0..1000000");
+  EXPECT_EQ(k.default_value, "0");
+  k = find("api_keys.header");
+  EXPECT_EQ(k.default_value, "\"x-api-key\"");
+  k = find("api_keys.quota_flush_interval");
+  EXPECT_EQ(k.bounds, "10ms..1m");
+  EXPECT_EQ(k.default_value, "1s");
+  k = find("throttling.concurrency_wait");
+  EXPECT_EQ(k.bounds, "0s..1m");
+  EXPECT_EQ(k.default_value, "0s");
+  find("stages[].throttle.rate");
+  find("routes[].api_key");
+  find("routes[].concurrency");
 }
 
 constexpr std::string_view kFull = R"(
@@ -215,6 +278,8 @@ routes:
     path: /
     target:
       static: {}
+functions:
+  - name: items-fn
 )";
 
 TEST(ConfigGood, EveryKeySet) {
@@ -292,6 +357,278 @@ TEST(ConfigGood, EveryKeySet) {
   EXPECT_EQ(r2.target.kind, Target::Kind::kStatic);
   EXPECT_EQ(r2.target.static_target.status, 200);
   EXPECT_EQ(r2.target.static_target.content_type, "text/plain");
+}
+
+constexpr std::string_view kLimits = R"(
+api_keys:
+  header: X-Client-Key
+  quota_flush_interval: 250ms
+throttling:
+  account: {rate: 10000, burst: 20000}
+  client_ip: {rate: 0.5}
+  concurrency: 100
+  concurrency_wait: 50ms
+stages:
+  - name: prod
+    throttle: {rate: 5000, burst: 10000}
+  - name: dev
+functions:
+  - name: resize
+    throttle: {rate: 50, burst: 100}
+    concurrency: 10
+  - name: thumbs
+plans:
+  - name: free
+    throttle: {rate: 10, burst: 20}
+    quota: {limit: 1000, period: DAY}
+    stages: [prod]
+    routes: [items-get, upload]
+    overrides:
+      - route: upload
+        throttle: {rate: 1, burst: 2}
+  - name: pro
+    quota: {limit: 1000000000000, period: MONTH, offset: 27}
+    stages: dev
+    overrides:
+      - route: GET /public
+        throttle: {rate: 2.5}
+  - name: weekly
+    quota: {limit: 1, period: WEEK, offset: 6}
+routes:
+  - name: items-get
+    method: GET
+    path: /items/{id}
+    api_key: optional
+    target: {static: {}}
+  - name: upload
+    method: POST
+    path: /upload
+    api_key: required
+    throttle: {rate: 100, burst: 200}
+    concurrency: 5
+    function: resize
+    target: {static: {status: 200, body: "ok"}}
+  - method: GET
+    path: /public
+    api_key: none
+    function: thumbs
+    target: {static: {}}
+)";
+
+TEST(ConfigGood, PlansKeysAndThrottles) {
+  const Config c = ok(kLimits);
+  EXPECT_EQ(c.api_keys.header, "x-client-key");  // stored lower-case
+  EXPECT_EQ(c.api_keys.quota_flush_interval, milliseconds(250));
+
+  EXPECT_TRUE(c.throttling.account.set);
+  EXPECT_EQ(c.throttling.account.rate, 10000.0);
+  EXPECT_EQ(c.throttling.account.burst, 20000U);
+  EXPECT_TRUE(c.throttling.client_ip.set);
+  EXPECT_EQ(c.throttling.client_ip.rate, 0.5);
+  EXPECT_EQ(c.throttling.client_ip.burst, 1U);  // max(1, ceil(0.5))
+  EXPECT_EQ(c.throttling.concurrency, 100U);
+  EXPECT_EQ(c.throttling.concurrency_wait, milliseconds(50));
+
+  ASSERT_EQ(c.stages.size(), 2U);
+  EXPECT_TRUE(c.stages[0].throttle.set);
+  EXPECT_EQ(c.stages[0].throttle.rate, 5000.0);
+  EXPECT_EQ(c.stages[0].throttle.burst, 10000U);
+  EXPECT_FALSE(c.stages[1].throttle.set);
+  EXPECT_EQ(c.stages[1].throttle.burst, 0U);
+
+  ASSERT_EQ(c.functions.size(), 2U);
+  const FunctionConfig* resize = c.find_function("resize");
+  ASSERT_EQ(resize, &c.functions[0]);
+  EXPECT_EQ(resize->line, 15);
+  EXPECT_TRUE(resize->throttle.set);
+  EXPECT_EQ(resize->throttle.rate, 50.0);
+  EXPECT_EQ(resize->throttle.burst, 100U);
+  EXPECT_EQ(resize->concurrency, 10U);
+  EXPECT_FALSE(c.functions[1].throttle.set);
+  EXPECT_EQ(c.functions[1].concurrency, 0U);
+  EXPECT_EQ(c.find_function("nope"), nullptr);
+
+  ASSERT_EQ(c.plans.size(), 3U);
+  const Plan* free = c.find_plan("free");
+  ASSERT_EQ(free, &c.plans[0]);
+  EXPECT_EQ(free->line, 20);
+  EXPECT_TRUE(free->throttle.set);
+  EXPECT_EQ(free->throttle.rate, 10.0);
+  EXPECT_EQ(free->throttle.burst, 20U);
+  EXPECT_TRUE(free->quota.set);
+  EXPECT_EQ(free->quota.limit, 1000U);
+  EXPECT_EQ(free->quota.period, "DAY");
+  EXPECT_EQ(free->quota.offset, 0U);
+  EXPECT_THAT(free->stages, ElementsAre("prod"));
+  EXPECT_THAT(free->routes, ElementsAre("items-get", "upload"));
+  ASSERT_EQ(free->overrides.size(), 1U);
+  EXPECT_EQ(free->overrides[0].route, "upload");
+  EXPECT_EQ(free->overrides[0].line, 26);
+  EXPECT_EQ(free->overrides[0].throttle.rate, 1.0);
+  EXPECT_EQ(free->overrides[0].throttle.burst, 2U);
+
+  const Plan& pro = c.plans[1];
+  EXPECT_FALSE(pro.throttle.set);
+  EXPECT_EQ(pro.quota.limit, 1'000'000'000'000U);
+  EXPECT_EQ(pro.quota.period, "MONTH");
+  EXPECT_EQ(pro.quota.offset, 27U);
+  EXPECT_THAT(pro.stages, ElementsAre("dev"));
+  EXPECT_TRUE(pro.routes.empty());
+  ASSERT_EQ(pro.overrides.size(), 1U);
+  EXPECT_EQ(pro.overrides[0].route, "GET /public");  // a default route name
+  EXPECT_EQ(pro.overrides[0].throttle.rate, 2.5);
+  EXPECT_EQ(pro.overrides[0].throttle.burst, 3U);  // ceil(2.5)
+
+  EXPECT_EQ(c.plans[2].quota.period, "WEEK");
+  EXPECT_EQ(c.plans[2].quota.offset, 6U);
+  EXPECT_EQ(c.find_plan("nope"), nullptr);
+
+  ASSERT_EQ(c.routes.size(), 3U);
+  EXPECT_EQ(c.routes[0].api_key, ApiKeyMode::kOptional);
+  EXPECT_FALSE(c.routes[0].throttle.set);
+  EXPECT_EQ(c.routes[0].concurrency, 0U);
+  const Route& upload = c.routes[1];
+  EXPECT_EQ(upload.api_key, ApiKeyMode::kRequired);
+  EXPECT_EQ(upload.throttle.rate, 100.0);
+  EXPECT_EQ(upload.throttle.burst, 200U);
+  EXPECT_EQ(upload.concurrency, 5U);
+  EXPECT_EQ(upload.target.function, "resize");
+  EXPECT_EQ(c.routes[2].api_key, ApiKeyMode::kNone);
+  EXPECT_EQ(c.routes[2].target.function, "thumbs");
+}
+
+TEST(ConfigGood, PlanAndThrottleDefaults) {
+  const Config c = ok(R"(
+functions: [{name: f}]
+plans: [{name: basic}]
+routes:
+  - {method: GET, path: /a, target: {static: {}}}
+)");
+  ASSERT_EQ(c.plans.size(), 1U);
+  const Plan& p = c.plans[0];
+  EXPECT_FALSE(p.throttle.set);
+  EXPECT_FALSE(p.quota.set);
+  EXPECT_EQ(p.quota.period, "DAY");
+  EXPECT_TRUE(p.stages.empty());
+  EXPECT_TRUE(p.routes.empty());
+  EXPECT_TRUE(p.overrides.empty());
+  ASSERT_EQ(c.functions.size(), 1U);
+  EXPECT_FALSE(c.functions[0].throttle.set);
+  EXPECT_EQ(c.functions[0].concurrency, 0U);
+  ASSERT_EQ(c.routes.size(), 1U);
+  EXPECT_EQ(c.routes[0].api_key, ApiKeyMode::kNone);
+  EXPECT_FALSE(c.routes[0].throttle.set);
+  EXPECT_EQ(c.routes[0].concurrency, 0U);
+  EXPECT_EQ(c.routes[0].target.function, "");
+}
+
+TEST(ConfigGood, BurstDefaultsToOneSecondOfRate) {
+  struct Case {
+    std::string_view rate;
+    double value;
+    std::uint32_t burst;
+  };
+  for (const Case& t :
+       {Case{"0.001", 0.001, 1}, Case{"0.5", 0.5, 1}, Case{"1", 1, 1}, Case{"2.5", 2.5, 3},
+        Case{"7", 7, 7}, Case{"100.01", 100.01, 101}, Case{"1000000", 1e6, 1'000'000},
+        Case{"!!float 3", 3, 3}, Case{"!!int 4", 4, 4}, Case{".5", 0.5, 1}, Case{"+8.", 8, 8}}) {
+    SCOPED_TRACE(t.rate);
+    const Config c = ok("throttling: {account: {rate: " + std::string(t.rate) + "}}\n");
+    EXPECT_TRUE(c.throttling.account.set);
+    EXPECT_EQ(c.throttling.account.rate, t.value);
+    EXPECT_EQ(c.throttling.account.burst, t.burst);
+  }
+}
+
+TEST(ConfigGood, LimitBoundsAreInclusive) {
+  const Config c = ok(R"(
+api_keys: {quota_flush_interval: 10ms}
+throttling:
+  account: {rate: 0.001, burst: 1000000}
+  client_ip: {rate: 1000000, burst: 1}
+  concurrency: 1000000
+  concurrency_wait: 1m
+functions: [{name: f, concurrency: 1000000}]
+plans:
+  - {name: a, quota: {limit: 1}}
+  - {name: b, quota: {limit: 1000000000000, period: WEEK, offset: 0}}
+  - {name: c, quota: {limit: 5, period: MONTH, offset: 0}}
+)");
+  EXPECT_EQ(c.api_keys.quota_flush_interval, milliseconds(10));
+  EXPECT_EQ(c.throttling.account.rate, 0.001);
+  EXPECT_EQ(c.throttling.account.burst, 1'000'000U);
+  EXPECT_EQ(c.throttling.client_ip.rate, 1e6);
+  EXPECT_EQ(c.throttling.client_ip.burst, 1U);
+  EXPECT_EQ(c.throttling.concurrency, 1'000'000U);
+  EXPECT_EQ(c.throttling.concurrency_wait, milliseconds(60'000));
+  EXPECT_EQ(c.functions[0].concurrency, 1'000'000U);
+  EXPECT_EQ(c.plans[0].quota.limit, 1U);
+}
+
+TEST(ConfigErrors, PlanOverrideChecks) {
+  // One error per problem, at the override's route.
+  EXPECT_THAT(errors(R"(
+routes:
+  - {name: a, method: GET, path: /a, target: {static: {}}}
+  - {name: b, method: GET, path: /b, target: {static: {}}}
+plans:
+  - name: p
+    routes: [a]
+    overrides:
+      - {route: b, throttle: {rate: 1}}
+      - {route: a, throttle: {rate: 1}}
+      - {route: a, throttle: {rate: 2}}
+      - {route: c, throttle: {rate: 1}}
+)"),
+              ElementsAre("9:17: plans[0].overrides[0].route: route 'b' is not among the plan's "
+                          "routes",
+                          "11:17: plans[0].overrides[2].route: duplicate override for route 'a' "
+                          "(first at line 10)",
+                          "12:17: plans[0].overrides[3].route: unknown route 'c'"));
+}
+
+TEST(ConfigErrors, PlanListsAreBounded) {
+  std::string yaml = "plans:\n  - name: p\n    routes: [";
+  for (int i = 0; i <= 10'000; ++i) {
+    yaml += (i == 0 ? "r" : ", r") + std::to_string(i);
+  }
+  yaml += "]\n";
+  EXPECT_THAT(errors(yaml), ElementsAre("3:13: plans[0].routes: has 10001 items; the maximum is "
+                                        "10000"));
+  yaml = "plans:\n";
+  for (int i = 0; i <= 1000; ++i) {
+    yaml += "  - {name: p" + std::to_string(i) + "}\n";
+  }
+  EXPECT_THAT(errors(yaml), ElementsAre("2:3: plans: has 1001 items; the maximum is 1000"));
+}
+
+TEST(ConfigErrors, RateNeedsADecimalNumber) {
+  EXPECT_THAT(errors("throttling: {account: {rate: 1e3}}\n"),
+              ElementsAre("1:30: throttling.account.rate: expected a decimal number such as 100 "
+                          "or 0.5 (no exponent, inf or nan), got '1e3'"));
+  EXPECT_THAT(errors("throttling: {account: {rate: .inf}}\n"),
+              ElementsAre("1:30: throttling.account.rate: expected a decimal number such as 100 "
+                          "or 0.5 (no exponent, inf or nan), got '.inf'"));
+  EXPECT_THAT(errors("throttling: {account: {rate: \"10\"}}\n"),
+              ElementsAre("1:30: throttling.account.rate: expected a number, got a string"));
+  EXPECT_THAT(errors("throttling: {account: {rate: true}}\n"),
+              ElementsAre("1:30: throttling.account.rate: expected a number, got a boolean"));
+  EXPECT_THAT(errors("throttling: {account: {rate: 1" + std::string(400, '0') + "}}\n"),
+              ElementsAre(HasSubstr("is above the maximum 1000000")));
+  EXPECT_THAT(errors("throttling: {account: {rate: 0." + std::string(400, '0') + "1}}\n"),
+              ElementsAre(HasSubstr("is below the minimum 0.001")));
+  EXPECT_THAT(errors("throttling: {account: {rate: 0.0009}}\n"),
+              ElementsAre("1:30: throttling.account.rate: 0.0009 is below the minimum 0.001"));
+}
+
+TEST(ConfigErrors, ApiKeyHeaderIsAHeaderNameThatCanCarryAKey) {
+  EXPECT_THAT(errors("api_keys: {header: \"\"}\n"),
+              ElementsAre("1:20: api_keys.header: must not be empty"));
+  EXPECT_THAT(errors("api_keys: {header: Host}\n"),
+              ElementsAre("1:20: api_keys.header: 'host' frames or routes the request and cannot "
+                          "carry an API key"));
+  EXPECT_THAT(errors("api_keys: {header: " + std::string(257, 'x') + "}\n"),
+              ElementsAre("1:20: api_keys.header: is 257 bytes long; the maximum is 256"));
 }
 
 TEST(ConfigGood, ListenForms) {

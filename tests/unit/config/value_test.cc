@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <string_view>
 
 namespace gatehouse::config::detail {
@@ -31,6 +32,34 @@ TEST(ParseInteger, Saturates) {
   EXPECT_EQ(parse_integer("9223372036854775807"), std::numeric_limits<std::int64_t>::max());
   EXPECT_EQ(parse_integer("99999999999999999999999"), std::numeric_limits<std::int64_t>::max());
   EXPECT_EQ(parse_integer("-99999999999999999999999"), std::numeric_limits<std::int64_t>::min());
+}
+
+TEST(ParseDecimal, DigitsWithAnOptionalFraction) {
+  EXPECT_EQ(parse_decimal("0"), 0.0);
+  EXPECT_EQ(parse_decimal("100"), 100.0);
+  EXPECT_EQ(parse_decimal("0.5"), 0.5);
+  EXPECT_EQ(parse_decimal(".5"), 0.5);
+  EXPECT_EQ(parse_decimal("5."), 5.0);
+  EXPECT_EQ(parse_decimal("+2.25"), 2.25);
+  EXPECT_EQ(parse_decimal("-1"), -1.0);
+  EXPECT_EQ(parse_decimal("0.001"), 0.001);
+  EXPECT_EQ(parse_decimal("007.50"), 7.5);
+}
+
+TEST(ParseDecimal, RejectsOtherShapes) {
+  for (const std::string_view s : {"", ".", "-", "+.", "1e3", "1E3", "0x10", ".inf", "inf", "nan",
+                                   "1.2.3", " 1", "1 ", "1,5", "--1", "1_000", "+-1"}) {
+    EXPECT_EQ(parse_decimal(s), std::nullopt) << s;
+  }
+}
+
+TEST(ParseDecimal, SaturatesOutOfRange) {
+  const std::string huge = "1" + std::string(400, '0');
+  EXPECT_EQ(parse_decimal(huge), std::numeric_limits<double>::infinity());
+  EXPECT_EQ(parse_decimal("-" + huge), -std::numeric_limits<double>::infinity());
+  const auto tiny = parse_decimal("0." + std::string(400, '0') + "1");
+  ASSERT_TRUE(tiny.has_value());
+  EXPECT_EQ(*tiny, 0.0);
 }
 
 TEST(ParseSize, BytesAndBinarySuffixes) {

@@ -1,0 +1,243 @@
+"""Usage plans, API keys and layered throttling against the real binary: keys made with the CLI,
+plans that isolate clients from each other, function limits that isolate functions, quotas that
+survive restarts (graceful and kill -9), concurrency gates."""
+
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import gh_helpers as h
+
+
+def keys_cli(g, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([g.binary, "keys", *args, "--config", str(g.config_path)],
+                          capture_output=True, text=True, timeout=20)
+
+
+def create_key(g, name: str, plan: str) -> str:
+    r = keys_cli(g, "create", "--name", name, "--plan", plan)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    assert key.startswith("ghk_"), r.stdout
+    return key
+
+
+def wait_key_works(g, path: str, key: str, timeout: float = 5.0) -> h.Response:
+    """The server polls the key store about once a second: wait until the key is known."""
+    last = None
+
+    def ok():
+        nonlocal last
+        last = h.get(g.port, path, headers={"x-api-key": key})
+        return last.status != 403 or last.json()["error"]["code"] != "ApiKeyInvalid"
+
+    h.wait_until(ok, timeout)
+    return last
+
+
+def plans_config(modify=None):
+    def make(port, state_dir):
+        cfg = h.base_config(port, state_dir)
+        cfg["api_keys"] = {"header": "x-api-key", "quota_flush_interval": "100ms"}
+        cfg["throttling"] = {"account": {"rate": 100000, "burst": 100000}}
+        cfg["functions"] = [
+            {"name": "fn-hot", "throttle": {"rate": 0.01, "burst": 3}},
+            {"name": "fn-calm"},
+        ]
+        cfg["plans"] = [
+            {"name": "free", "throttle": {"rate": 0.01, "burst": 3}},
+            {"name": "pro", "throttle": {"rate": 10000, "burst": 10000}},
+            {"name": "metered", "quota": {"limit": 5, "period": "DAY"}},
+        ]
+        cfg["routes"] = [
+            h.static_route("hello", "GET", "/hello", "hello\n"),
+            dict(h.static_route("keyed", "GET", "/v1/items", "items\n"), api_key="required"),
+            dict(h.static_route("hot", "GET", "/hot", "hot\n"), function="fn-hot"),
+            dict(h.static_route("calm", "GET", "/calm", "calm\n"), function="fn-calm"),
+        ]
+        if modify:
+            modify(cfg)
+        return cfg
+    return make
+
+
+@pytest.mark.deadline(60)
+def test_missing_unknown_and_revoked_keys_are_refused(start_gatehouse):
+    g = start_gatehouse(config=plans_config())
+    r = h.get(g.port, "/v1/items")
+    assert r.status == 403 and r.json()["error"]["code"] == "ApiKeyMissing"
+    r = h.get(g.port, "/v1/items", headers={"x-api-key": "ghk_0123456789abcdef_" + "0" * 48})
+    assert r.status == 403 and r.json()["error"]["code"] == "ApiKeyInvalid"
+    r = h.get(g.port, "/v1/items", headers={"x-api-key": "not-a-key"})
+    assert r.status == 403 and r.json()["error"]["code"] == "ApiKeyInvalid"
+    key = create_key(g, "alice", "pro")
+    r = wait_key_works(g, "/v1/items", key)
+    assert r.status == 200, r.body
+    # The store holds only the hash: the key itself appears nowhere in the database.
+    db = (g.workdir / "state" / "gh.db").read_bytes()
+    assert key.encode() not in db
+    listed = keys_cli(g, "list")
+    assert "alice" in listed.stdout and key not in listed.stdout
+    assert keys_cli(g, "revoke", "alice").returncode == 0
+
+    def refused():
+        r = h.get(g.port, "/v1/items", headers={"x-api-key": key})
+        return r.status == 403 and r.json()["error"]["code"] == "ApiKeyInvalid"
+
+    h.wait_until(refused, 5)
+
+
+@pytest.mark.deadline(60)
+def test_flooding_key_is_refused_while_another_plan_keeps_its_rate(start_gatehouse):
+    g = start_gatehouse(config=plans_config())
+    free = create_key(g, "flooder", "free")
+    pro = create_key(g, "steady", "pro")
+    wait_key_works(g, "/v1/items", pro)
+    statuses = [h.get(g.port, "/v1/items", headers={"x-api-key": free}) for _ in range(20)]
+    # The first request may have been spent while waiting for the key to load: at most 3 pass.
+    assert 1 <= sum(r.status == 200 for r in statuses) <= 3
+    refused = [r for r in statuses if r.status == 429]
+    assert len(refused) >= 17
+    r = refused[0]
+    assert r.json()["error"]["code"] == "ThrottledKey"
+    assert int(r.header("retry-after")) >= 1
+    assert r.header("ratelimit-policy").startswith("3;w=")
+    assert r.header("ratelimit").startswith("limit=3, remaining=0, reset=")
+    # The other key, on another plan, keeps its full rate.
+    for _ in range(50):
+        assert h.get(g.port, "/v1/items", headers={"x-api-key": pro}).status == 200
+    assert g.wait_metric("gatehouse_refusals_total", 17, code="ThrottledKey") >= 17
+
+
+@pytest.mark.deadline(60)
+def test_a_hot_function_is_limited_on_its_own(start_gatehouse):
+    g = start_gatehouse(config=plans_config())
+    hot = [h.get(g.port, "/hot").status for _ in range(10)]
+    assert hot[:3] == [200, 200, 200]
+    assert set(hot[3:]) == {429}
+    r = h.get(g.port, "/hot")
+    assert r.json()["error"]["code"] == "ThrottledFunction"
+    # The other function behind the same account limit is still served.
+    for _ in range(50):
+        assert h.get(g.port, "/calm").status == 200
+
+
+@pytest.mark.deadline(60)
+def test_account_limit_covers_every_route(start_gatehouse):
+    def modify(cfg):
+        cfg["throttling"] = {"account": {"rate": 0.01, "burst": 4}}
+    g = start_gatehouse(config=plans_config(modify))
+    got = [h.get(g.port, p).status for p in ["/hello", "/calm", "/hello", "/calm", "/hello"]]
+    assert got == [200, 200, 200, 200, 429]
+    assert h.get(g.port, "/calm").json()["error"]["code"] == "ThrottledAccount"
+
+
+@pytest.mark.deadline(60)
+def test_client_ip_limit_applies_to_keyless_routes_per_ip(start_gatehouse):
+    def modify(cfg):
+        cfg["throttling"]["client_ip"] = {"rate": 0.01, "burst": 2}
+    g = start_gatehouse(config=plans_config(modify))
+    a = [h.get(g.port, "/hello", source="127.0.0.2").status for _ in range(4)]
+    assert a == [200, 200, 429, 429]
+    r = h.get(g.port, "/hello", source="127.0.0.2")
+    assert r.json()["error"]["code"] == "ThrottledClient"
+    assert [h.get(g.port, "/hello", source="127.0.0.3").status for _ in range(2)] == [200, 200]
+
+
+@pytest.mark.deadline(90)
+def test_quota_is_exact_and_survives_restarts(start_gatehouse):
+    g = start_gatehouse(config=plans_config())
+    key = create_key(g, "metered", "metered")
+    assert wait_key_works(g, "/v1/items", key).status == 200   # 1 of 5
+    for _ in range(4):
+        assert h.get(g.port, "/v1/items", headers={"x-api-key": key}).status == 200
+    r = h.get(g.port, "/v1/items", headers={"x-api-key": key})
+    assert r.status == 429
+    assert r.json()["error"]["code"] == "QuotaExceeded"
+    # Retry-After says when the UTC day ends.
+    assert 1 <= int(r.header("retry-after")) <= 86400
+    # A graceful restart loses nothing.
+    assert g.stop() == 0
+    g.start()
+    r = h.get(g.port, "/v1/items", headers={"x-api-key": key})
+    assert r.status == 429 and r.json()["error"]["code"] == "QuotaExceeded"
+
+
+@pytest.mark.deadline(90)
+def test_quota_after_kill_9_loses_at_most_one_flush_interval(start_gatehouse):
+    g = start_gatehouse(config=plans_config())
+    key = create_key(g, "metered", "metered")
+    assert wait_key_works(g, "/v1/items", key).status == 200
+    for _ in range(2):
+        assert h.get(g.port, "/v1/items", headers={"x-api-key": key}).status == 200
+    # Three counted; quota_flush_interval is 100 ms: wait well past it, then kill -9.
+    time.sleep(0.5)
+    g.proc.send_signal(signal.SIGKILL)
+    g.proc.wait(10)
+    g.stop()
+    g.start()
+    wait_key_works(g, "/v1/items", key)  # this request is the 4th
+    statuses = [h.get(g.port, "/v1/items", headers={"x-api-key": key}).status for _ in range(3)]
+    assert statuses == [200, 429, 429]
+
+
+@pytest.mark.deadline(60)
+def test_route_concurrency_gate(start_gatehouse, upstream):
+    def modify(cfg):
+        cfg["upstreams"] = [{"name": "up", "url": f"http://127.0.0.1:{upstream.port}",
+                             "timeout": "10s"}]
+        cfg["routes"].append(dict(h.http_route("held", "GET", "/api/{proxy+}", "up"),
+                                  concurrency=1))
+    g = start_gatehouse(config=plans_config(modify))
+    result = {}
+
+    def first():
+        result["r"] = h.get(g.port, "/api/hold/1", timeout=15)
+
+    t = threading.Thread(target=first, daemon=True)
+    t.start()
+    try:
+        assert upstream.held.wait(5)
+        r = h.get(g.port, "/api/other")
+        assert r.status == 429
+        assert r.json()["error"]["code"] == "ConcurrencyLimit"
+    finally:
+        upstream.release.set()
+    t.join(15)
+    assert result["r"].status == 200
+    # The gate was released with the first response.
+    assert h.get(g.port, "/api/again").status == 200
+
+
+@pytest.mark.deadline(60)
+def test_admin_api_manages_keys(start_gatehouse):
+    g = start_gatehouse(config=plans_config())
+    import json
+    r = h.get(g.port, "/admin/keys", method="POST", headers=dict(h.AUTH),
+              body=json.dumps({"name": "bob", "plan": "pro"}).encode())
+    assert r.status == 201, r.body
+    created = r.json()
+    key = created["key"]
+    assert created["plan"] == "pro" and key.startswith("ghk_")
+    # Admin changes apply at once (no polling delay).
+    assert h.get(g.port, "/v1/items", headers={"x-api-key": key}).status == 200
+    listed = h.get(g.port, "/admin/keys", headers=dict(h.AUTH)).json()["keys"]
+    assert [k["name"] for k in listed] == ["bob"] and "key" not in listed[0]
+    r = h.get(g.port, f"/admin/keys/{created['id']}/rotate", method="POST", headers=dict(h.AUTH))
+    assert r.status == 200, r.body
+    new_key = r.json()["key"]
+    assert h.get(g.port, "/v1/items", headers={"x-api-key": key}).status == 403
+    assert h.get(g.port, "/v1/items", headers={"x-api-key": new_key}).status == 200
+    r = h.get(g.port, "/admin/keys/bob/revoke", method="POST", headers=dict(h.AUTH))
+    assert r.status == 200 and r.json()["revoked"] is True
+    assert h.get(g.port, "/v1/items", headers={"x-api-key": new_key}).status == 403
+    # Bad input: unknown plan, malformed body, no token.
+    r = h.get(g.port, "/admin/keys", method="POST", headers=dict(h.AUTH),
+              body=b'{"name": "x", "plan": "nope"}')
+    assert r.status == 400
+    r = h.get(g.port, "/admin/keys", method="POST", headers=dict(h.AUTH), body=b"{")
+    assert r.status == 400
+    assert h.get(g.port, "/admin/keys").status == 401
