@@ -27,7 +27,7 @@ struct ApiKey {
   std::vector<std::string> stages;  // stages the key is attached to its plan for; empty = all
   std::string hash;                 // SHA-256 (hex) of the full key
   bool revoked = false;
-  std::int64_t created_ms = 0;      // wall clock, ms since the epoch
+  std::int64_t created_ms = 0;  // wall clock, ms since the epoch
   std::int64_t revoked_ms = 0;
 };
 
@@ -112,8 +112,7 @@ const typename KeyIndex<T>::Entry* KeyIndex<T>::verify(std::string_view presente
   }
   std::array<char, 64> hash;
   core::sha256_hex(presented, hash);
-  if (!core::constant_time_equal(std::string_view(hash.data(), hash.size()),
-                                 it->second.key.hash)) {
+  if (!core::constant_time_equal(std::string_view(hash.data(), hash.size()), it->second.key.hash)) {
     return nullptr;
   }
   return &it->second;

@@ -166,7 +166,8 @@ int main(int argc, char** argv) {
     serve->add_option("-c,--config", config_path, "Configuration file")->capture_default_str();
 
     std::string validate_path;
-    auto* validate = app.add_subcommand("validate", "Check a configuration file and print every error");
+    auto* validate =
+        app.add_subcommand("validate", "Check a configuration file and print every error");
     validate->add_option("file", validate_path, "Configuration file")->required();
 
     KeyArgs key_args;

@@ -19,26 +19,46 @@ struct CodeInfo {
 
 constexpr CodeInfo info(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::kBadRequest: return {400, "BadRequest"};
-    case ErrorCode::kInvalidArgument: return {400, "InvalidArgument"};
-    case ErrorCode::kUnauthenticated: return {401, "Unauthenticated"};
-    case ErrorCode::kForbidden: return {403, "Forbidden"};
-    case ErrorCode::kNotFound: return {404, "NotFound"};
-    case ErrorCode::kRouteNotFound: return {404, "RouteNotFound"};
-    case ErrorCode::kMethodNotAllowed: return {405, "MethodNotAllowed"};
-    case ErrorCode::kRequestTimeout: return {408, "RequestTimeout"};
-    case ErrorCode::kConflict: return {409, "Conflict"};
-    case ErrorCode::kLengthRequired: return {411, "LengthRequired"};
-    case ErrorCode::kPayloadTooLarge: return {413, "PayloadTooLarge"};
-    case ErrorCode::kHeaderTooLarge: return {431, "RequestHeaderFieldsTooLarge"};
-    case ErrorCode::kTooManyRequests: return {429, "TooManyRequests"};
-    case ErrorCode::kInternal: return {500, "InternalError"};
-    case ErrorCode::kNotImplemented: return {501, "NotImplemented"};
-    case ErrorCode::kBadGateway: return {502, "BadGateway"};
-    case ErrorCode::kUnavailable: return {503, "ServiceUnavailable"};
-    case ErrorCode::kGatewayTimeout: return {504, "GatewayTimeout"};
-    case ErrorCode::kConfig: return {500, "InvalidConfig"};
-    case ErrorCode::kIo: return {500, "IoError"};
+    case ErrorCode::kBadRequest:
+      return {400, "BadRequest"};
+    case ErrorCode::kInvalidArgument:
+      return {400, "InvalidArgument"};
+    case ErrorCode::kUnauthenticated:
+      return {401, "Unauthenticated"};
+    case ErrorCode::kForbidden:
+      return {403, "Forbidden"};
+    case ErrorCode::kNotFound:
+      return {404, "NotFound"};
+    case ErrorCode::kRouteNotFound:
+      return {404, "RouteNotFound"};
+    case ErrorCode::kMethodNotAllowed:
+      return {405, "MethodNotAllowed"};
+    case ErrorCode::kRequestTimeout:
+      return {408, "RequestTimeout"};
+    case ErrorCode::kConflict:
+      return {409, "Conflict"};
+    case ErrorCode::kLengthRequired:
+      return {411, "LengthRequired"};
+    case ErrorCode::kPayloadTooLarge:
+      return {413, "PayloadTooLarge"};
+    case ErrorCode::kHeaderTooLarge:
+      return {431, "RequestHeaderFieldsTooLarge"};
+    case ErrorCode::kTooManyRequests:
+      return {429, "TooManyRequests"};
+    case ErrorCode::kInternal:
+      return {500, "InternalError"};
+    case ErrorCode::kNotImplemented:
+      return {501, "NotImplemented"};
+    case ErrorCode::kBadGateway:
+      return {502, "BadGateway"};
+    case ErrorCode::kUnavailable:
+      return {503, "ServiceUnavailable"};
+    case ErrorCode::kGatewayTimeout:
+      return {504, "GatewayTimeout"};
+    case ErrorCode::kConfig:
+      return {500, "InvalidConfig"};
+    case ErrorCode::kIo:
+      return {500, "IoError"};
   }
   return {500, "InternalError"};
 }
@@ -62,30 +82,54 @@ std::string_view error_name(ErrorCode code) noexcept { return info(code).name; }
 
 std::string_view reason_phrase(int status) noexcept {
   switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Payload Too Large";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Payload Too Large";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Unknown";
   }
 }
 
@@ -110,7 +154,8 @@ void ManualClock::advance(std::chrono::nanoseconds d) noexcept {
   wall_ns_.fetch_add(d.count());
 }
 void ManualClock::set_wall(std::chrono::system_clock::time_point t) noexcept {
-  wall_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
+  wall_ns_.store(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
 }
 
 void next_request_id(RequestId& out) noexcept {
@@ -120,8 +165,8 @@ void next_request_id(RequestId& out) noexcept {
   thread_local RequestId current = [] {
     std::uint32_t prefix = 0;
     if (RAND_bytes(reinterpret_cast<unsigned char*>(&prefix), sizeof prefix) != 1) {
-      prefix = static_cast<std::uint32_t>(
-          std::chrono::steady_clock::now().time_since_epoch().count());
+      prefix =
+          static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count());
     }
     const std::uint64_t v = static_cast<std::uint64_t>(prefix & 0xffffffu) << 40;
     RequestId id{};
@@ -167,9 +212,15 @@ void json_escape(std::string& out, std::string_view s) {
       ++i;
     } else if (c < 0x20) {
       switch (c) {
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
+        case '\n':
+          out += "\\n";
+          break;
+        case '\r':
+          out += "\\r";
+          break;
+        case '\t':
+          out += "\\t";
+          break;
         default: {
           char buf[7] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xf], 0};
           out.append(buf, 6);

@@ -35,10 +35,10 @@ struct RouteEntry {
   config::Target::Kind kind = config::Target::Kind::kStatic;
   // kStatic: the response is pre-serialized around the per-request parts (request id, Date,
   // Connection), so answering costs a few appends.
-  std::string static_head;  // "HTTP/1.1 200 OK\r\nContent-Type: ..\r\n<extra headers>"
-  std::string static_tail;  // "Content-Length: N\r\n\r\n<body>"
+  std::string static_head;       // "HTTP/1.1 200 OK\r\nContent-Type: ..\r\n<extra headers>"
+  std::string static_tail;       // "Content-Length: N\r\n\r\n<body>"
   std::string static_tail_head;  // for HEAD: "Content-Length: N\r\n\r\n"
-  UpstreamTarget upstream;  // kHttp
+  UpstreamTarget upstream;       // kHttp
 };
 
 struct Snapshot {
@@ -173,8 +173,9 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
     } else {
       const config::Upstream* up = c.find_upstream(r.target.http.upstream);
       if (up == nullptr) {
-        return core::make_error(core::ErrorCode::kConfig,
-                                "route '" + r.name + "': unknown upstream '" + r.target.http.upstream + "'");
+        return core::make_error(
+            core::ErrorCode::kConfig,
+            "route '" + r.name + "': unknown upstream '" + r.target.http.upstream + "'");
       }
       auto ep = resolve(up->host, up->port);
       if (!ep) {
@@ -306,10 +307,9 @@ class GatewayImpl final : public Gateway {
   }
 
   core::Result<void> start() override {
-    auto l = limiter_->start(snapshot_->config.api_keys.quota_flush_interval,
-                             [this](std::function<void(unsigned)> fn) {
-                               server_->run_on_all_workers(std::move(fn));
-                             });
+    auto l = limiter_->start(
+        snapshot_->config.api_keys.quota_flush_interval,
+        [this](std::function<void(unsigned)> fn) { server_->run_on_all_workers(std::move(fn)); });
     if (!l) {
       return l;
     }
@@ -329,8 +329,9 @@ class GatewayImpl final : public Gateway {
         config.server.listen.port != old.server.listen.port ||
         config.server.threads != old.server.threads || config.store.state != old.store.state ||
         config.log.access_log != old.log.access_log) {
-      spdlog::warn("reload: server.listen, server.threads, store.state and log.access_log take "
-                   "effect only after a restart; the running values stay");
+      spdlog::warn(
+          "reload: server.listen, server.threads, store.state and log.access_log take "
+          "effect only after a restart; the running values stay");
     }
     auto snap = compile(std::move(config), metrics_, *limiter_, generation_ + 1);
     if (!snap) {
@@ -450,7 +451,8 @@ class GatewayImpl final : public Gateway {
     }
     net::post(*control, [this, &worker_ioc, done = std::move(done)]() mutable {
       auto r = reload_from_source();
-      net::post(worker_ioc, [r = std::move(r), done = std::move(done)]() mutable { done(std::move(r)); });
+      net::post(worker_ioc,
+                [r = std::move(r), done = std::move(done)]() mutable { done(std::move(r)); });
     });
   }
 
@@ -466,9 +468,8 @@ class GatewayImpl final : public Gateway {
                     std::function<void(AdminReply)> done) {
     net::post(blocking_, [&worker_ioc, fn = std::move(fn), done = std::move(done)]() mutable {
       AdminReply r = fn();
-      net::post(worker_ioc, [r = std::move(r), done = std::move(done)]() mutable {
-        done(std::move(r));
-      });
+      net::post(worker_ioc,
+                [r = std::move(r), done = std::move(done)]() mutable { done(std::move(r)); });
     });
   }
 
@@ -618,7 +619,8 @@ class GatewayImpl final : public Gateway {
     } else if (log.access_log == "stderr") {
       access_ = spdlog::create_async_nb<spdlog::sinks::stderr_sink_mt>("access");
     } else {
-      access_ = spdlog::create_async_nb<spdlog::sinks::basic_file_sink_mt>("access", log.access_log);
+      access_ =
+          spdlog::create_async_nb<spdlog::sinks::basic_file_sink_mt>("access", log.access_log);
     }
     access_->set_pattern("%v");
     access_->set_level(spdlog::level::info);
@@ -692,7 +694,8 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   }
 
   if (has_dot_segment(req.path)) {
-    return refuse(ex, c, Refusal{400, "BadRequest", "dot segments ('.', '..') are not allowed in paths", {}});
+    return refuse(
+        ex, c, Refusal{400, "BadRequest", "dot segments ('.', '..') are not allowed in paths", {}});
   }
   // Route.
   s.router->match(req.method, req.path, ctx.match);
@@ -702,7 +705,8 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   if (ctx.match.status == http::MatchStatus::kMethodNotAllowed) {
     thread_local std::string allow;
     allow = "Allow: " + ctx.match.allow + "\r\n";
-    return refuse(ex, c, Refusal{405, "MethodNotAllowed", "the route does not accept this method", allow});
+    return refuse(ex, c,
+                  Refusal{405, "MethodNotAllowed", "the route does not accept this method", allow});
   }
   ctx.route_index = ctx.match.route;
   ctx.route = &s.routes[ctx.match.route];
@@ -819,8 +823,9 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
         return refuse(ex, c, Refusal{405, "MethodNotAllowed", "use GET", "Allow: GET, HEAD\r\n"});
       }
       if (!s.config.admin.metrics_public && !admin_authorized(ex, s)) {
-        return refuse(ex, c, Refusal{401, "Unauthenticated", "the admin token is required",
-                                     "WWW-Authenticate: Bearer\r\n"});
+        return refuse(ex, c,
+                      Refusal{401, "Unauthenticated", "the admin token is required",
+                              "WWW-Authenticate: Bearer\r\n"});
       }
       w.start(200, ex.request_id(), ex.keep_alive());
       w.body("text/plain; version=0.0.4", gw_.metrics_text());
@@ -829,12 +834,14 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
     }
     case Conn::Builtin::kAdmin: {
       if (s.config.admin.token_sha256.empty()) {
-        return refuse(ex, c, Refusal{403, "AdminDisabled",
-                                     "the admin API is disabled: set admin.token_sha256", {}});
+        return refuse(
+            ex, c,
+            Refusal{403, "AdminDisabled", "the admin API is disabled: set admin.token_sha256", {}});
       }
       if (!admin_authorized(ex, s)) {
-        return refuse(ex, c, Refusal{401, "Unauthenticated", "the admin token is required",
-                                     "WWW-Authenticate: Bearer\r\n"});
+        return refuse(ex, c,
+                      Refusal{401, "Unauthenticated", "the admin token is required",
+                              "WWW-Authenticate: Bearer\r\n"});
       }
       const std::string_view sub = req.path.substr(s.config.admin.admin_prefix.size());
       if (sub == "/config" && get) {
@@ -878,9 +885,8 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
         gw_.run_blocking(
             *ioc,
             [this, method = std::string(req.method), sub = std::string(sub),
-             body = std::string(req.body), snap = c.snapshot] {
-              return gw_.admin_keys(method, sub, body, snap);
-            },
+             body = std::string(req.body),
+             snap = c.snapshot] { return gw_.admin_keys(method, sub, body, snap); },
             [&ex, token](GatewayImpl::AdminReply r) {
               if (r.status < 400) {
                 http::ResponseWriter rw(ex.out());
@@ -913,8 +919,7 @@ void Pipeline::on_complete(http::Exchange& ex) {
   const auto now = steady_clock::now();
   const auto dur = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(now - ex.started()).count());
-  const std::uint32_t slot =
-      c.ctx.route != nullptr ? c.ctx.route->metric_slot : Metrics::kNoRoute;
+  const std::uint32_t slot = c.ctx.route != nullptr ? c.ctx.route->metric_slot : Metrics::kNoRoute;
   gw_.metrics().record(ex.worker(), slot, ex.status(), dur);
   gw_.log_access(ex, c.ctx, dur / 1000);
   c.ctx.route = nullptr;

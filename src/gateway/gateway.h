@@ -45,21 +45,21 @@ struct Principal {
 // the request (they point into the request, the snapshot or stage-owned storage).
 struct RequestContext {
   const Snapshot* snapshot = nullptr;
-  const RouteEntry* route = nullptr;     // set by the route stage
-  std::string_view route_name;           // the matched route's name (config), set with route
+  const RouteEntry* route = nullptr;  // set by the route stage
+  std::string_view route_name;        // the matched route's name (config), set with route
   const http::Request* request = nullptr;
-  http::Match match;                     // route index, stage, path params
+  http::Match match;  // route index, stage, path params
   Principal principal;
   std::string_view remote_ip;
   std::string_view request_id;
-  std::string_view function;             // the function the target names ("" if none)
+  std::string_view function;  // the function the target names ("" if none)
   std::chrono::steady_clock::time_point started{};
   std::uint32_t route_index = 0;
-  unsigned worker = 0;                   // the worker thread handling the request
-  const LimitTable* limits = nullptr;    // the snapshot's compiled limits
-  const auth::ApiKey* api_key = nullptr; // set by the API-key authenticator
-  KeyState* key_state = nullptr;         // that key's limiter cells
-  std::array<limits::Gate*, 3> gates{};  // concurrency gates entered by the throttle
+  unsigned worker = 0;                    // the worker thread handling the request
+  const LimitTable* limits = nullptr;     // the snapshot's compiled limits
+  const auth::ApiKey* api_key = nullptr;  // set by the API-key authenticator
+  KeyState* key_state = nullptr;          // that key's limiter cells
+  std::array<limits::Gate*, 3> gates{};   // concurrency gates entered by the throttle
   std::uint8_t gate_count = 0;
 };
 

@@ -66,7 +66,8 @@ Limiter::Limiter(store::Store& store, const core::Clock& clock, unsigned workers
 Limiter::~Limiter() { stop(); }
 
 limits::RateCell* Limiter::cell(
-    std::unordered_map<std::string, std::unique_ptr<limits::RateCell>>& m, const std::string& name) {
+    std::unordered_map<std::string, std::unique_ptr<limits::RateCell>>& m,
+    const std::string& name) {
   auto& p = m[name];
   if (!p) {
     p = std::make_unique<limits::RateCell>();
@@ -173,9 +174,9 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
       }
     }
     if (p.overrides.size() > kMaxOverridesPerPlan) {
-      return core::make_error(core::ErrorCode::kConfig,
-                              "plan '" + p.name + "': at most " +
-                                  std::to_string(kMaxOverridesPerPlan) + " overrides");
+      return core::make_error(
+          core::ErrorCode::kConfig,
+          "plan '" + p.name + "': at most " + std::to_string(kMaxOverridesPerPlan) + " overrides");
     }
     cp.override_slot.assign(c.routes.size(), -1);
     for (const auto& o : p.overrides) {
@@ -312,9 +313,9 @@ void Limiter::flush_quotas() {
       if (snap.used == st->flushed.used && snap.period_start == st->flushed.period_start) {
         continue;
       }
-      batch.emplace_back(store::Put{std::string(kQuotaTable), id,
-                                    std::to_string(snap.period_start) + ":" +
-                                        std::to_string(snap.used)});
+      batch.emplace_back(
+          store::Put{std::string(kQuotaTable), id,
+                     std::to_string(snap.period_start) + ":" + std::to_string(snap.used)});
       st->flushed = snap;
     }
   }
@@ -379,8 +380,8 @@ Verdict Limiter::authenticate(RequestContext& ctx, Refusal& out) {
   };
   if (!stage_ok(p.stages) || !stage_ok(entry->key.stages) ||
       (!p.route_allowed.empty() && !p.route_allowed[ctx.route_index])) {
-    out = Refusal{403, "ApiKeyNotAuthorized", "the key's usage plan does not include this route",
-                  {}};
+    out =
+        Refusal{403, "ApiKeyNotAuthorized", "the key's usage plan does not include this route", {}};
     return Verdict::kRefuse;
   }
   ctx.api_key = &entry->key;
@@ -421,30 +422,38 @@ Verdict Limiter::admit(RequestContext& ctx, Refusal& out) {
   }
   if (plan != nullptr) {
     if (plan->has_throttle) {
-      layers[n++] = limits::Layer{limits::LayerKind::kKey, &plan->throttle, &ctx.key_state->plan,
-                                  nullptr, nullptr, nullptr, 0};
+      layers[n++] = limits::Layer{limits::LayerKind::kKey,
+                                  &plan->throttle,
+                                  &ctx.key_state->plan,
+                                  nullptr,
+                                  nullptr,
+                                  nullptr,
+                                  0};
     }
     const int slot = plan->override_slot.empty() ? -1 : plan->override_slot[ctx.route_index];
     if (slot >= 0) {
       layers[n++] = limits::Layer{limits::LayerKind::kKeyRoute,
                                   &plan->overrides[static_cast<std::size_t>(slot)],
                                   &ctx.key_state->overrides[static_cast<std::size_t>(slot)],
-                                  nullptr, nullptr, nullptr, 0};
+                                  nullptr,
+                                  nullptr,
+                                  nullptr,
+                                  0};
     }
   } else if (t->has_client) {
     auto& c = (*client_cells_)[hash_ip(ctx.remote_ip) & (client_cells_->size() - 1)];
-    layers[n++] = limits::Layer{limits::LayerKind::kClient, &t->client, &c, nullptr, nullptr,
-                                nullptr, 0};
+    layers[n++] =
+        limits::Layer{limits::LayerKind::kClient, &t->client, &c, nullptr, nullptr, nullptr, 0};
   }
   if (plan != nullptr && plan->has_quota) {
     layers[n++] = limits::Layer{limits::LayerKind::kQuota, nullptr, nullptr, &plan->quota,
-                                &ctx.key_state->quota, nullptr, 0};
+                                &ctx.key_state->quota,     nullptr, 0};
   }
   const std::size_t first_gate = n;
   for (const GateLayer* g : {&t->account_gate, &r.route_gate, &r.function_gate}) {
     if (g->gate != nullptr) {
-      layers[n++] = limits::Layer{limits::LayerKind::kConcurrency, nullptr, nullptr, nullptr,
-                                  nullptr, g->gate, g->max};
+      layers[n++] = limits::Layer{
+          limits::LayerKind::kConcurrency, nullptr, nullptr, nullptr, nullptr, g->gate, g->max};
     }
   }
   if (n == 0) {

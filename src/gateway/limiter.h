@@ -99,7 +99,9 @@ class Limiter final : public Authenticator, public Throttle {
   // Flushes quota counters and stops the thread (graceful stop loses nothing).
   void stop();
   // Worker w.
-  void set_keys(unsigned w, std::shared_ptr<const KeyTable> keys) { keys_[w].table = std::move(keys); }
+  void set_keys(unsigned w, std::shared_ptr<const KeyTable> keys) {
+    keys_[w].table = std::move(keys);
+  }
   // Control thread: re-reads the keys now (after an admin change).
   void reload_keys();
 

@@ -86,9 +86,8 @@ void Metrics::refusal(unsigned w, std::string_view code) {
       bump(cell.count);
       return;
     }
-    if (name == code.data() ||
-        (cell.len.load(std::memory_order_relaxed) == code.size() &&
-         std::string_view(name, code.size()) == code)) {
+    if (name == code.data() || (cell.len.load(std::memory_order_relaxed) == code.size() &&
+                                std::string_view(name, code.size()) == code)) {
       bump(cell.count);
       return;
     }
@@ -146,7 +145,8 @@ void Metrics::render(std::string& out) const {
           cell.count.load(std::memory_order_relaxed);
     }
   }
-  out += "# HELP gatehouse_request_duration_seconds Time from complete headers to response queued.\n";
+  out +=
+      "# HELP gatehouse_request_duration_seconds Time from complete headers to response queued.\n";
   out += "# TYPE gatehouse_request_duration_seconds histogram\n";
   std::uint64_t cumulative = 0;
   char num[64];
@@ -157,8 +157,8 @@ void Metrics::render(std::string& out) const {
            std::to_string(cumulative) + "\n";
   }
   cumulative += buckets[kBuckets.size()];
-  out += "gatehouse_request_duration_seconds_bucket{le=\"+Inf\"} " + std::to_string(cumulative) +
-         "\n";
+  out +=
+      "gatehouse_request_duration_seconds_bucket{le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
   std::snprintf(num, sizeof num, "%.9f", static_cast<double>(sum_ns) * 1e-9);
   out += "gatehouse_request_duration_seconds_sum " + std::string(num) + "\n";
   out += "gatehouse_request_duration_seconds_count " + std::to_string(cumulative) + "\n";

@@ -19,9 +19,8 @@ class Metrics {
  public:
   static constexpr std::size_t kMaxRouteSlots = 4096;
   static constexpr std::size_t kMaxCodes = 128;
-  static constexpr std::array<double, 16> kBuckets = {0.0001, 0.00025, 0.0005, 0.001,
-                                                      0.0025, 0.005,   0.01,   0.025,
-                                                      0.05,   0.1,     0.25,   0.5,
+  static constexpr std::array<double, 16> kBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                      0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
                                                       1,      2.5,     5,      10};
   // Slot 0 counts requests that matched no route.
   static constexpr std::uint32_t kNoRoute = 0;
@@ -61,7 +60,7 @@ class Metrics {
   std::vector<std::unique_ptr<Shard>> shards_;
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::uint32_t> slots_;  // guarded by mu_
-  std::vector<std::string> names_;                         // guarded by mu_
+  std::vector<std::string> names_;                        // guarded by mu_
 };
 
 }  // namespace gatehouse::gateway

@@ -25,10 +25,20 @@ bool iequals(std::string_view a, std::string_view b) {
 
 // Hop-by-hop headers (RFC 9110 7.6.1) and the ones the proxy sets itself.
 bool skip_request_header(std::string_view name) {
-  static constexpr std::string_view kSkip[] = {
-      "connection", "keep-alive",   "proxy-connection", "te",           "trailer",
-      "upgrade",    "host",         "content-length",   "transfer-encoding",
-      "x-request-id", "x-forwarded-for", "x-forwarded-proto", "expect", "proxy-authorization"};
+  static constexpr std::string_view kSkip[] = {"connection",
+                                               "keep-alive",
+                                               "proxy-connection",
+                                               "te",
+                                               "trailer",
+                                               "upgrade",
+                                               "host",
+                                               "content-length",
+                                               "transfer-encoding",
+                                               "x-request-id",
+                                               "x-forwarded-for",
+                                               "x-forwarded-proto",
+                                               "expect",
+                                               "proxy-authorization"};
   for (auto s : kSkip) {
     if (iequals(name, s)) {
       return true;
@@ -39,7 +49,7 @@ bool skip_request_header(std::string_view name) {
 
 bool skip_response_header(std::string_view name) {
   static constexpr std::string_view kSkip[] = {
-      "connection", "keep-alive", "proxy-connection", "te",      "trailer",
+      "connection", "keep-alive",     "proxy-connection",  "te",           "trailer",
       "upgrade",    "content-length", "transfer-encoding", "x-request-id", "date"};
   for (auto s : kSkip) {
     if (iequals(name, s)) {
@@ -66,8 +76,7 @@ namespace {
 
 class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
  public:
-  ProxyOp(http::Exchange& ex, const UpstreamTarget& target, Proxy::Pool& pool,
-          std::string request)
+  ProxyOp(http::Exchange& ex, const UpstreamTarget& target, Proxy::Pool& pool, std::string request)
       : ex_(ex),
         keep_(ex.keep_alive_token()),
         target_(target),
@@ -106,29 +115,30 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     // The connect deadline is shorter than the whole-response one: a second timer would cost
     // an allocation, so the connect timeout is checked against the clock when connect fails.
     connect_started_ = std::chrono::steady_clock::now();
-    auto connect_timer = std::make_shared<net::steady_timer>(ioc_, target_.upstream->connect_timeout);
-    connect_timer->async_wait([self = shared_from_this(), connect_timer](
-                                  const boost::system::error_code& ec) {
-      if (!ec && !self->connected_ && !self->done_ && self->conn_) {
-        self->connect_timed_out_ = true;
-        boost::system::error_code ignored;
-        self->conn_->socket.close(ignored);
-      }
-    });
-    conn_->socket.async_connect(
-        target_.endpoint, [self = shared_from_this(), connect_timer](const boost::system::error_code& ec) {
-          self->connected_ = true;
-          connect_timer->cancel();
-          if (ec) {
-            self->fail(self->connect_timed_out_ || self->timed_out_ ? 504 : 502,
-                       self->connect_timed_out_ ? "upstream connect timed out"
-                                                : "cannot connect to upstream");
-            return;
+    auto connect_timer =
+        std::make_shared<net::steady_timer>(ioc_, target_.upstream->connect_timeout);
+    connect_timer->async_wait(
+        [self = shared_from_this(), connect_timer](const boost::system::error_code& ec) {
+          if (!ec && !self->connected_ && !self->done_ && self->conn_) {
+            self->connect_timed_out_ = true;
+            boost::system::error_code ignored;
+            self->conn_->socket.close(ignored);
           }
-          boost::system::error_code ignored;
-          self->conn_->socket.set_option(tcp::no_delay(true), ignored);
-          self->send();
         });
+    conn_->socket.async_connect(target_.endpoint, [self = shared_from_this(), connect_timer](
+                                                      const boost::system::error_code& ec) {
+      self->connected_ = true;
+      connect_timer->cancel();
+      if (ec) {
+        self->fail(
+            self->connect_timed_out_ || self->timed_out_ ? 504 : 502,
+            self->connect_timed_out_ ? "upstream connect timed out" : "cannot connect to upstream");
+        return;
+      }
+      boost::system::error_code ignored;
+      self->conn_->socket.set_option(tcp::no_delay(true), ignored);
+      self->send();
+    });
   }
 
   void send() {
@@ -149,37 +159,37 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     if (iequals(ex_.request().method, "HEAD")) {
       parser_->skip(true);
     }
-    bhttp::async_read(conn_->socket, conn_->buffer, *parser_,
-                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
-                        if (ec) {
-                          if (ec == bhttp::error::body_limit) {
-                            self->fail(502, "upstream response exceeds max_response_bytes");
-                          } else if (n == 0 && !self->timed_out_) {
-                            self->retry_or_fail(502, "upstream closed the connection");
-                          } else {
-                            self->fail(self->timed_out_ ? 504 : 502,
-                                       self->timed_out_ ? "upstream timed out"
-                                                        : "invalid upstream response");
-                          }
-                          return;
-                        }
-                        // Interim 1xx answers (103 Early Hints, 100 Continue) are not the
-                        // response: read on. 101 would switch protocols, which we never ask for.
-                        const int status = static_cast<int>(self->parser_->get().result_int());
-                        if (status >= 100 && status < 200 && status != 101) {
-                          if (++self->interim_ > 8) {
-                            self->fail(502, "upstream sent too many interim responses");
-                            return;
-                          }
-                          self->read();
-                          return;
-                        }
-                        if (status == 101) {
-                          self->fail(502, "upstream switched protocols");
-                          return;
-                        }
-                        self->respond();
-                      });
+    bhttp::async_read(
+        conn_->socket, conn_->buffer, *parser_,
+        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+          if (ec) {
+            if (ec == bhttp::error::body_limit) {
+              self->fail(502, "upstream response exceeds max_response_bytes");
+            } else if (n == 0 && !self->timed_out_) {
+              self->retry_or_fail(502, "upstream closed the connection");
+            } else {
+              self->fail(self->timed_out_ ? 504 : 502,
+                         self->timed_out_ ? "upstream timed out" : "invalid upstream response");
+            }
+            return;
+          }
+          // Interim 1xx answers (103 Early Hints, 100 Continue) are not the
+          // response: read on. 101 would switch protocols, which we never ask for.
+          const int status = static_cast<int>(self->parser_->get().result_int());
+          if (status >= 100 && status < 200 && status != 101) {
+            if (++self->interim_ > 8) {
+              self->fail(502, "upstream sent too many interim responses");
+              return;
+            }
+            self->read();
+            return;
+          }
+          if (status == 101) {
+            self->fail(502, "upstream switched protocols");
+            return;
+          }
+          self->respond();
+        });
   }
 
   // A pooled connection the upstream closed while idle fails before any byte of response:

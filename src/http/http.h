@@ -49,11 +49,11 @@ enum class MatchStatus : std::uint8_t { kFound, kNotFound, kMethodNotAllowed };
 
 struct Match {
   MatchStatus status = MatchStatus::kNotFound;
-  std::uint32_t route = 0;          // index into the specs given to build(), when kFound
-  std::string_view stage;           // matched stage name ("" when no stages are defined)
+  std::uint32_t route = 0;  // index into the specs given to build(), when kFound
+  std::string_view stage;   // matched stage name ("" when no stages are defined)
   std::array<PathParam, kMaxPathParams> params{};
   std::size_t param_count = 0;
-  std::string allow;                // for kMethodNotAllowed: "GET, POST" (allocates; rare path)
+  std::string allow;  // for kMethodNotAllowed: "GET, POST" (allocates; rare path)
   [[nodiscard]] std::string_view param(std::string_view name) const noexcept;
 };
 
@@ -92,13 +92,13 @@ struct Header {
 // A parsed request. Views point into the connection's read buffer and stay valid until the
 // handler has completed the request (Step::kDone, or Exchange::resume()).
 struct Request {
-  std::string_view method;   // as sent, e.g. "GET"
-  std::string_view target;   // path + query as sent
-  std::string_view path;     // target before '?'
-  std::string_view query;    // after '?', without it
-  unsigned version = 11;     // 10 or 11
+  std::string_view method;  // as sent, e.g. "GET"
+  std::string_view target;  // path + query as sent
+  std::string_view path;    // target before '?'
+  std::string_view query;   // after '?', without it
+  unsigned version = 11;    // 10 or 11
   std::span<const Header> headers;
-  std::string_view body;     // complete body (after on_request), empty before
+  std::string_view body;             // complete body (after on_request), empty before
   std::uint64_t content_length = 0;  // declared, 0 if none or chunked
   bool chunked = false;
   bool keep_alive = true;
@@ -216,15 +216,15 @@ struct ServerOptions {
 
 // Why a connection or request was refused on the wire.
 enum class WireRefusal : std::uint8_t {
-  kHeaderTooLarge,   // 431
-  kBodyTooLarge,     // 413
-  kHeaderTimeout,    // slowloris: headers not complete in time
-  kBodyTimeout,      // body not complete in time
-  kBodyTooSlow,      // under min_body_rate
-  kIdleTimeout,      // keep-alive idle (not an attack; counted for visibility)
-  kMaxConnections,   // process-wide connection cap
-  kMaxPerIp,         // per-client-IP connection cap
-  kBadRequest,       // malformed HTTP
+  kHeaderTooLarge,  // 431
+  kBodyTooLarge,    // 413
+  kHeaderTimeout,   // slowloris: headers not complete in time
+  kBodyTimeout,     // body not complete in time
+  kBodyTooSlow,     // under min_body_rate
+  kIdleTimeout,     // keep-alive idle (not an attack; counted for visibility)
+  kMaxConnections,  // process-wide connection cap
+  kMaxPerIp,        // per-client-IP connection cap
+  kBadRequest,      // malformed HTTP
   kCount
 };
 [[nodiscard]] std::string_view wire_refusal_name(WireRefusal r) noexcept;

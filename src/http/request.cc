@@ -2,7 +2,6 @@
 
 #include <ctime>
 
-
 #include "core/core.h"
 #include "http/http.h"
 
@@ -46,16 +45,26 @@ std::string_view date_header() noexcept {
 
 std::string_view wire_refusal_name(WireRefusal r) noexcept {
   switch (r) {
-    case WireRefusal::kHeaderTooLarge: return "header_too_large";
-    case WireRefusal::kBodyTooLarge: return "body_too_large";
-    case WireRefusal::kHeaderTimeout: return "header_timeout";
-    case WireRefusal::kBodyTimeout: return "body_timeout";
-    case WireRefusal::kBodyTooSlow: return "body_too_slow";
-    case WireRefusal::kIdleTimeout: return "idle_timeout";
-    case WireRefusal::kMaxConnections: return "max_connections";
-    case WireRefusal::kMaxPerIp: return "max_connections_per_ip";
-    case WireRefusal::kBadRequest: return "bad_request";
-    case WireRefusal::kCount: break;
+    case WireRefusal::kHeaderTooLarge:
+      return "header_too_large";
+    case WireRefusal::kBodyTooLarge:
+      return "body_too_large";
+    case WireRefusal::kHeaderTimeout:
+      return "header_timeout";
+    case WireRefusal::kBodyTimeout:
+      return "body_timeout";
+    case WireRefusal::kBodyTooSlow:
+      return "body_too_slow";
+    case WireRefusal::kIdleTimeout:
+      return "idle_timeout";
+    case WireRefusal::kMaxConnections:
+      return "max_connections";
+    case WireRefusal::kMaxPerIp:
+      return "max_connections_per_ip";
+    case WireRefusal::kBadRequest:
+      return "bad_request";
+    case WireRefusal::kCount:
+      break;
   }
   return "unknown";
 }

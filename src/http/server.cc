@@ -205,7 +205,7 @@ class Session final : public Exchange, public std::enable_shared_from_this<Sessi
   core::RequestId id_{};
   int status_ = 0;
   bool headers_done_ = false;
-  bool in_exchange_ = false;  // on_headers called, on_complete not yet
+  bool in_exchange_ = false;        // on_headers called, on_complete not yet
   std::size_t response_start_ = 0;  // where this request's response begins in out_
   bool reading_ = false;
   bool writing_ = false;
@@ -272,7 +272,8 @@ class Worker {
 
 class ServerImpl final : public Server {
  public:
-  ServerImpl(ServerOptions options, Handler& handler) : options_(std::move(options)), handler_(handler) {
+  ServerImpl(ServerOptions options, Handler& handler)
+      : options_(std::move(options)), handler_(handler) {
     unsigned n = options_.threads;
     if (n == 0) {
       n = std::max(1u, std::thread::hardware_concurrency());
@@ -290,7 +291,8 @@ class ServerImpl final : public Server {
 
   core::Result<void> start() override {
     boost::system::error_code ec;
-    const auto addr = net::ip::make_address(options_.host == "localhost" ? "127.0.0.1" : options_.host, ec);
+    const auto addr =
+        net::ip::make_address(options_.host == "localhost" ? "127.0.0.1" : options_.host, ec);
     if (ec) {
       return core::make_error(core::ErrorCode::kInvalidArgument,
                               "listen address '" + options_.host + "' is not an IP address");
@@ -886,12 +888,12 @@ void Session::flush() {
   const Phase before = phase_;
   phase_ = Phase::kWriting;
   deadline_ = deadline_after(opts().idle_timeout);
-  net::async_write(socket_, net::buffer(out_.data() + done, out_.size() - done),
-                   [self = shared_from_this(), before](const boost::system::error_code& ec,
-                                                       std::size_t) {
-                     self->phase_ = before;
-                     self->on_write(ec);
-                   });
+  net::async_write(
+      socket_, net::buffer(out_.data() + done, out_.size() - done),
+      [self = shared_from_this(), before](const boost::system::error_code& ec, std::size_t) {
+        self->phase_ = before;
+        self->on_write(ec);
+      });
 }
 
 void Session::on_write(const boost::system::error_code& ec) {
@@ -931,16 +933,16 @@ void Session::lingering_close() {
 
 void Session::linger_read() {
   in_.clear();
-  socket_.async_read_some(in_.prepare(kReadChunk), [self = shared_from_this()](
-                                                       const boost::system::error_code& ec,
-                                                       std::size_t n) {
-    self->body_bytes_ += n;
-    if (ec || n == 0 || self->closed_ || self->body_bytes_ > 1024 * 1024) {
-      self->close_now();
-      return;
-    }
-    self->linger_read();
-  });
+  socket_.async_read_some(
+      in_.prepare(kReadChunk),
+      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+        self->body_bytes_ += n;
+        if (ec || n == 0 || self->closed_ || self->body_bytes_ > 1024 * 1024) {
+          self->close_now();
+          return;
+        }
+        self->linger_read();
+      });
 }
 
 void Session::close_now() {

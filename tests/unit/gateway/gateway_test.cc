@@ -44,8 +44,8 @@ std::string http_get(std::uint16_t port, const std::string& raw) {
 }
 
 std::string get(std::uint16_t port, const std::string& path, const std::string& extra = "") {
-  return http_get(port, "GET " + path + " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + extra +
-                            "\r\n");
+  return http_get(port,
+                  "GET " + path + " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + extra + "\r\n");
 }
 
 config::Route static_route(std::string name, std::string path, std::string body,

@@ -196,7 +196,9 @@ TEST_F(ServerTest, BodyWithContentLengthAndChunked) {
   c.send("POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
   auto r = c.read_responses(1);
   EXPECT_NE(r.find("POST /p 5:hello"), std::string::npos) << r;
-  c.send("POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+  c.send(
+      "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
   r = c.read_responses(1);
   EXPECT_NE(r.find("POST /c 5:abcde"), std::string::npos) << r;
 }
