@@ -301,6 +301,7 @@ class GatewayImpl final : public Gateway {
       return tl::unexpected(snap.error());
     }
     snapshot_ = *snap;
+    limiter_->activate(snapshot_->limits);
     pipeline_.set_initial(snapshot_);
     server_ = http::make_server(server_options(snapshot_->config), pipeline_);
     return {};
@@ -340,6 +341,7 @@ class GatewayImpl final : public Gateway {
     }
     ++generation_;
     snapshot_ = *snap;
+    limiter_->activate(snapshot_->limits);
     server_->update_limits(server_options(snapshot_->config));
     auto s = snapshot_;
     server_->run_on_all_workers([this, s](unsigned w) {

@@ -191,8 +191,12 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
     t->plans.emplace(p.name, std::move(cp));
   }
   t->key_header = c.api_keys.header;
-  table_ = t;
   return std::shared_ptr<const LimitTable>(t);
+}
+
+void Limiter::activate(std::shared_ptr<const LimitTable> table) {
+  std::lock_guard lock(mu_);
+  table_ = std::move(table);
 }
 
 KeyState* Limiter::key_state(const std::string& id) {

@@ -92,6 +92,9 @@ class Limiter final : public Authenticator, public Throttle {
 
   // Control thread. Errors: kConfig (too many overrides in a plan).
   [[nodiscard]] core::Result<std::shared_ptr<const LimitTable>> compile(const config::Config& c);
+  // Control thread: the table of the config now in force (quota flushes and restores use its
+  // plans). Called once its snapshot is installed, so a refused reload changes nothing.
+  void activate(std::shared_ptr<const LimitTable> table);
   // Control thread: loads keys and quota counters, starts the flusher/poller thread.
   // `post` runs a function on every worker.
   [[nodiscard]] core::Result<void> start(std::chrono::milliseconds flush_interval,
