@@ -1,0 +1,191 @@
+// The gateway's limiter with a manual clock: quota periods reset by the clock, refusal headers,
+// no consumption on refusal, quota persistence across a restart.
+
+#include "gateway/limiter.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+namespace gatehouse::gateway {
+namespace {
+
+using std::chrono::seconds;
+
+config::RateConfig rate(double r, std::uint32_t burst) {
+  config::RateConfig c;
+  c.set = true;
+  c.rate = r;
+  c.burst = burst;
+  return c;
+}
+
+config::Config make_config() {
+  config::Config c;
+  config::Plan metered;
+  metered.name = "metered";
+  metered.quota.set = true;
+  metered.quota.limit = 3;
+  metered.quota.period = "DAY";
+  config::Plan slow;
+  slow.name = "slow";
+  slow.throttle = rate(1, 2);
+  c.plans = {metered, slow};
+  config::FunctionConfig fn;
+  fn.name = "fn";
+  fn.throttle = rate(0.001, 1);
+  c.functions = {fn};
+  config::Route keyed;
+  keyed.name = "keyed";
+  keyed.methods = {"GET"};
+  keyed.path = "/k";
+  keyed.api_key = config::ApiKeyMode::kRequired;
+  config::Route func = keyed;
+  func.name = "func";
+  func.path = "/f";
+  func.target.function = "fn";
+  func.api_key = config::ApiKeyMode::kNone;
+  c.routes = {keyed, func};
+  return c;
+}
+
+class LimiterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("gh-limiter-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    // 2026-03-10 23:59:58 UTC: two seconds before a day boundary.
+    clock_.set_wall(std::chrono::sys_days{std::chrono::year{2026} / 3 / 10} +
+                    std::chrono::hours(23) + std::chrono::minutes(59) + seconds(58));
+    open();
+  }
+  void TearDown() override {
+    limiter_.reset();
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void open() {
+    auto s = store::open("sqlite://" + (dir_ / "gh.db").string(), clock_);
+    ASSERT_TRUE(s.has_value()) << s.error().message;
+    store_ = std::move(*s);
+    limiter_ = std::make_unique<Limiter>(*store_, clock_, 1);
+    auto t = limiter_->compile(make_config());
+    ASSERT_TRUE(t.has_value()) << t.error().message;
+    table_ = *t;
+    limiter_->activate(table_);
+  }
+  void start() {
+    ASSERT_TRUE(
+        limiter_
+            ->start(std::chrono::milliseconds(10), [](std::function<void(unsigned)> fn) { fn(0); })
+            .has_value());
+  }
+  std::string create_key(const std::string& plan) {
+    auth::KeyRegistry reg(*store_, clock_);
+    auto k = reg.create("k", plan, {});
+    EXPECT_TRUE(k.has_value());
+    return k->key;
+  }
+
+  // One request through authenticate + admit (+ release when admitted).
+  Verdict call(std::uint32_t route, const std::string& key, Refusal& out) {
+    http::Header h{"x-api-key", key};
+    http::Request req;
+    req.headers = std::span<const http::Header>(&h, key.empty() ? 0 : 1);
+    RequestContext ctx;
+    ctx.request = &req;
+    ctx.limits = table_.get();
+    ctx.route_index = route;
+    ctx.remote_ip = "127.0.0.1";
+    if (limiter_->authenticate(ctx, out) == Verdict::kRefuse) {
+      return Verdict::kRefuse;
+    }
+    const Verdict v = limiter_->admit(ctx, out);
+    if (v == Verdict::kContinue) {
+      limiter_->release(ctx);
+    } else {
+      headers_ = std::string(out.extra_headers);
+    }
+    return v;
+  }
+
+  std::filesystem::path dir_;
+  core::ManualClock clock_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<Limiter> limiter_;
+  std::shared_ptr<const LimitTable> table_;
+  std::string headers_;
+};
+
+TEST_F(LimiterTest, QuotaResetsAtTheUtcDayBoundary) {
+  const auto key = create_key("metered");
+  start();
+  Refusal r;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(call(0, key, r), Verdict::kContinue) << i;
+  }
+  ASSERT_EQ(call(0, key, r), Verdict::kRefuse);
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(r.code, "QuotaExceeded");
+  EXPECT_NE(headers_.find("Retry-After: 2\r\n"), std::string::npos) << headers_;
+  EXPECT_NE(headers_.find("RateLimit-Policy: 3;w=86400\r\n"), std::string::npos) << headers_;
+  EXPECT_NE(headers_.find("RateLimit: limit=3, remaining=0, reset=2\r\n"), std::string::npos)
+      << headers_;
+  clock_.advance(seconds(1));
+  EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
+  clock_.advance(seconds(1));  // 00:00:00 the next day
+  EXPECT_EQ(call(0, key, r), Verdict::kContinue);
+}
+
+TEST_F(LimiterTest, KeyThrottleRetryAfterAndNoConsumptionOnRefusal) {
+  const auto key = create_key("slow");
+  start();
+  Refusal r;
+  EXPECT_EQ(call(0, key, r), Verdict::kContinue);
+  EXPECT_EQ(call(0, key, r), Verdict::kContinue);
+  ASSERT_EQ(call(0, key, r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ThrottledKey");
+  EXPECT_NE(headers_.find("Retry-After: 1\r\n"), std::string::npos) << headers_;
+  EXPECT_NE(headers_.find("RateLimit-Policy: 2;w=2\r\n"), std::string::npos) << headers_;
+  // Refusals consumed nothing: one interval later exactly one request passes.
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
+  }
+  clock_.advance(seconds(1));
+  EXPECT_EQ(call(0, key, r), Verdict::kContinue);
+  EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
+}
+
+TEST_F(LimiterTest, MissingAndInvalidKeys) {
+  start();
+  Refusal r;
+  EXPECT_EQ(call(0, "", r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ApiKeyMissing");
+  EXPECT_EQ(call(0, "ghk_0123456789abcdef_" + std::string(48, '0'), r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ApiKeyInvalid");
+  // The function route takes no key: its own limit applies (burst 1).
+  EXPECT_EQ(call(1, "", r), Verdict::kContinue);
+  EXPECT_EQ(call(1, "", r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ThrottledFunction");
+}
+
+TEST_F(LimiterTest, QuotaCountSurvivesARestart) {
+  const auto key = create_key("metered");
+  start();
+  Refusal r;
+  ASSERT_EQ(call(0, key, r), Verdict::kContinue);
+  ASSERT_EQ(call(0, key, r), Verdict::kContinue);
+  limiter_->stop();  // graceful: the last counts are written
+  limiter_.reset();
+  store_.reset();
+  open();
+  start();
+  EXPECT_EQ(call(0, key, r), Verdict::kContinue);
+  EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "QuotaExceeded");
+}
+
+}  // namespace
+}  // namespace gatehouse::gateway
