@@ -11,9 +11,9 @@
 # nginx: master+worker; HAProxy: the process) over the run, divided by the responses wrk got. The
 # upstream's CPU time is read the same way and reported beside it, never added in.
 #
-# Gatehouse (built config in the temp dir) checks, per request: the API key (SHA-256 + index
-# lookup), whether the key's plan allows the route, and four rate layers: route, function, the
-# key's plan, all GCRA. nginx (bench/limits-nginx.conf) checks one `limit_req` zone keyed on the
+# Gatehouse (config written to the temp dir) checks, per request: the API key (SHA-256 + index
+# lookup), whether the key's plan allows the route, and three GCRA rate layers: the route, its
+# function and the key's plan. nginx (bench/limits-nginx.conf) checks one `limit_req` zone keyed on the
 # header; HAProxy (bench/limits-haproxy.cfg) one stick table keyed on the header. Neither of the
 # peers validates the key.
 #
@@ -172,6 +172,16 @@ cpu_ticks() {
     s=$((s + f[12]))
   done
   echo "$u $s"
+}
+
+# Resident memory in MiB, summed over the given pids (VmRSS from /proc/PID/status).
+rss_mib() {
+  local pid kb=0 v
+  for pid in "$@"; do
+    v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+    kb=$((kb + ${v:-0}))
+  done
+  awk -v k="$kb" 'BEGIN { printf "%.1f", k / 1024 }'
 }
 
 # Busy and total jiffies of one CPU (from /proc/stat): "busy total".
@@ -358,7 +368,7 @@ create_keys() {  # plan prefix outfile
   [[ $n == "$KEYS" && $(sort -u "$out" | wc -l) == "$KEYS" ]] ||
     die "expected $KEYS distinct keys on plan $plan, got $n"
   t1=$(date +%s.%N)
-  log "created $KEYS keys on plan $plan in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s ($KEY_JOBS in parallel; $(cat "$TMP/gatehouse/key-retries" 2>/dev/null | wc -l) retries so far after \"database is locked\")"
+  log "created $KEYS keys on plan $plan in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s ($KEY_JOBS in parallel; $( (wc -l <"$TMP/gatehouse/key-retries") 2>/dev/null || echo 0) retries so far after \"database is locked\")"
 }
 
 # ---- wrk scripts -----------------------------------------------------------------------------------
@@ -510,7 +520,7 @@ measure() {  # server scenario round
   local server=$1 scenario=$2 round=$3 out reqs rps p50 p99 errs non2xx
   local before after ub sb ua sa ticks cpu_us user_us up_before up_after up_ticks up_us
   local cpu_before cpu_after ccpu_before ccpu_after wrk_before wrk_after other other_client
-  local n429 n2xx nother mix
+  local n429 n2xx nother mix rss
   out=$TMP/wrk-$server-$scenario-$round.txt
   wait_quiet "$RUN_QUIET_WAIT" "before $server $scenario round $round"
   cpu_before=$(cpu_jiffies "$SERVER_CPU")
@@ -564,11 +574,13 @@ measure() {  # server scenario round
   other_client=$(awk -v b="$ccpu_before" -v a="$ccpu_after" -v w0="$wrk_before" -v w1="$wrk_after" -v hz="$CLK_TCK" 'BEGIN {
     split(b, x, " "); split(a, y, " "); busy = y[1] - x[1]; tot = y[2] - x[2]
     o = (busy - (w1 - w0) * hz) / (tot > 0 ? tot : 1) * 100; if (o < 0) o = 0; printf "%.0f", o }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  # shellcheck disable=SC2086
+  rss=$(rss_mib ${PIDS[$server]})
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$server" "$scenario" "$round" "$reqs" "$rps" "$p50" "$p99" "$cpu_us" "${errs:-0}" "${non2xx:-0}" \
-    "$other" "$user_us" "$other_client" "$up_us" "$n2xx" "$n429" "$nother" "$mix" >>"$RESULTS"
-  printf '  %-9s %-9s round %d: %9s req/s  p50 %8s µs  p99 %8s µs  gateway %6s µs/req (user %s), upstream %s µs/req  statuses [%s]  (%s requests; other work: CPU %s %s%%, CPU %s %s%%%s)\n' \
-    "$server" "$scenario" "$round" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$up_us" "$mix" "$reqs" \
+    "$other" "$user_us" "$other_client" "$up_us" "$n2xx" "$n429" "$nother" "$mix" "$rss" >>"$RESULTS"
+  printf '  %-9s %-9s round %d: %9s req/s  p50 %8s µs  p99 %8s µs  gateway %6s µs/req (user %s), upstream %s µs/req  statuses [%s]  RSS %s MiB  (%s requests; other work: CPU %s %s%%, CPU %s %s%%%s)\n' \
+    "$server" "$scenario" "$round" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$up_us" "$mix" "$rss" "$reqs" \
     "$SERVER_CPU" "$other" "$CLIENT_CPU" "$other_client" "${errs:+, socket errors $errs}" >&2
 }
 
@@ -634,7 +646,7 @@ total() {  # server scenario column -> sum
 }
 
 report() {  # path (allowed|flood)
-  local path=$1 scenario s rps p50 p99 cpu ratio up nbad nall
+  local path=$1 scenario s rps p50 p99 ratio up nbad nall
   declare -A MED=()
   echo
   if [[ $path == allowed ]]; then
@@ -642,7 +654,7 @@ report() {  # path (allowed|flood)
     echo
     echo "| keys | server | requests/s | p50 | p99 | gateway CPU per request | gateway / nginx CPU | upstream CPU per request | non-2xx (all runs) |"
   else
-    echo "Flood path: every key over its limit (1 request per minute, used up in the warm-up), so every request is refused with 429; same setup; medians of $ROUNDS runs."
+    echo "Flood path: every key over its limit (1 request per minute, used up in the warm-up), so requests are refused with 429 (nginx and Gatehouse let one request per key per minute through; HAProxy counts refused requests too and lets none through); same setup; medians of $ROUNDS runs."
     echo
     echo "| keys | server | refusals/s | p50 | p99 | gateway CPU per refusal | gateway / nginx CPU | non-429 (all runs) |"
   fi
@@ -707,6 +719,6 @@ if [[ -n $GH_METRICS ]]; then
 fi
 echo "Per-run figures:"
 echo
-echo "| server | scenario | round | requests | requests/s | p50 µs | p99 µs | gateway CPU µs/req | of which user | upstream CPU µs/req | statuses | other work on CPU $SERVER_CPU / CPU $CLIENT_CPU |"
-echo '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|'
-awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s %% / %s %% |\n", $1, $2, $3, $4, $5, $6, $7, $8, $12, $14, $18, $11, $13 }' "$RESULTS"
+echo "| server | scenario | round | requests | requests/s | p50 µs | p99 µs | gateway CPU µs/req | of which user | upstream CPU µs/req | statuses | gateway RSS after | other work on CPU $SERVER_CPU / CPU $CLIENT_CPU |"
+echo '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|'
+awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s MiB | %s %% / %s %% |\n", $1, $2, $3, $4, $5, $6, $7, $8, $12, $14, $18, $19, $11, $13 }' "$RESULTS"
