@@ -121,57 +121,11 @@ CLK_TCK=$(getconf CLK_TCK)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-limits.XXXXXX")
 STARTED=()  # every pid this script started (servers, nginx workers, wrk)
 
-stop_pids() {
-  local pid i alive
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for ((i = 0; i < 50; i++)); do
-    alive=0
-    for pid in "$@"; do
-      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-    done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if ((${#STARTED[@]})); then stop_pids "${STARTED[@]}"; fi
-  if [[ ${KEEP_TMP:-0} == 1 ]]; then
-    log "kept $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-forget_pid() {
-  local keep=() p
-  for p in "${STARTED[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  STARTED=("${keep[@]}")
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"  # stop_pids, cleanup traps, forget_pid, cpu_ticks, ...
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# "utime stime" in clock ticks, summed over the given pids (fields counted after the last ')').
-cpu_ticks() {
-  local pid u=0 s=0 t f
-  for pid in "$@"; do
-    [[ -r /proc/$pid/stat ]] || die "server process $pid is gone"
-    t=$(sed 's/.*) //' "/proc/$pid/stat")
-    read -r -a f <<<"$t"
-    u=$((u + f[11]))
-    s=$((s + f[12]))
-  done
-  echo "$u $s"
 }
 
 # Resident memory in MiB, summed over the given pids (VmRSS from /proc/PID/status).
@@ -184,19 +138,8 @@ rss_mib() {
   awk -v k="$kb" 'BEGIN { printf "%.1f", k / 1024 }'
 }
 
-# Busy and total jiffies of one CPU (from /proc/stat): "busy total".
-cpu_jiffies() {
-  awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
-}
-
 # CPU seconds (user+sys) used so far by this shell's reaped children (brackets a wrk run).
 CHILD_CPU=0
-children_cpu() {
-  times >"$TMP/times"
-  CHILD_CPU=$(awk 'NR == 2 { s = 0
-    for (i = 1; i <= NF; i++) { m = $i; sub(/s$/, "", m); split(m, b, "m"); s += b[1] * 60 + b[2] }
-    printf "%.3f", s }' "$TMP/times")
-}
 
 wait_ready() {  # name url pid logfile [curl args...]
   local name=$1 url=$2 pid=$3 logf=$4 i
