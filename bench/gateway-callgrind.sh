@@ -11,7 +11,15 @@
 # (callgrind_control -d) and the server is stopped. Instructions per request = dumped Ir total /
 # REQUESTS. The kernel is invisible to callgrind: these are user-space instructions only.
 #
+# SCENARIO=refusal profiles the flood path of bench/limits.sh instead: every request carries an
+# API key over its plan's limit (1 request per minute, burst 1) and is refused with 429.
+# Gatehouse verifies the key (SHA-256 + index), checks its plan's routes and the account, route,
+# function and key layers; nginx counts one `limit_req` zone keyed on the header (its `return`
+# would run before `limit_req`, so the location proxies to a closed port that the measured
+# requests never reach).
+#
 # Environment: REQUESTS [20000] CONNECTIONS [8] WARMUP [1600] DEPTHS ["1 16"]
+#   SCENARIO [static]: static | refusal
 #   SERVERS ["gatehouse nginx"] TOP [25] functions listed per profile
 #   OUT [a new temp dir, kept]: where callgrind.out files go, for callgrind_annotate.
 
@@ -26,6 +34,7 @@ WARMUP=${WARMUP:-1600}
 DEPTHS=${DEPTHS:-"1 16"}
 SERVERS=${SERVERS:-"gatehouse nginx"}
 TOP=${TOP:-25}
+SCENARIO=${SCENARIO:-static}
 
 die() {
   echo "gateway-callgrind.sh: $*" >&2
@@ -38,6 +47,7 @@ die() {
 for tool in valgrind callgrind_control callgrind_annotate python3 curl timeout; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (valgrind: apt-get install valgrind)"
 done
+[[ $SCENARIO == static || $SCENARIO == refusal ]] || die "SCENARIO must be static or refusal"
 for d in $DEPTHS; do [[ $d =~ ^[0-9]+$ && $d -ge 1 ]] || die "DEPTHS must be positive integers"; done
 
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-callgrind.XXXXXX")}
@@ -60,11 +70,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 cat >"$OUT/client.py" <<'EOF'
-"""Exact-count HTTP/1.1 load: client.py PORT CONNECTIONS REQUESTS_PER_CONNECTION DEPTH."""
+"""Exact-count HTTP/1.1 load.
+
+client.py PORT CONNECTIONS REQUESTS_PER_CONNECTION DEPTH PATH EXPECT [HEADER]: every response
+must have status EXPECT ("any" accepts all: the warm-up)."""
 import socket, sys, threading
 
 port, conns, per_conn, depth = (int(a) for a in sys.argv[1:5])
-req = f"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+path, expect = sys.argv[5], sys.argv[6]
+extra = sys.argv[7] + "\r\n" if len(sys.argv) > 7 else ""
+req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode()
 failures = []
 
 def worker():
@@ -86,7 +101,7 @@ def worker():
                         if name.strip().lower() == "content-length":
                             n = int(value)
                     if len(buf) >= i + 4 + n:
-                        if not head.startswith("HTTP/1.1 200"):
+                        if expect != "any" and not head.startswith("HTTP/1.1 " + expect):
                             failures.append(head.split("\r\n")[0])
                         buf = buf[i + 4 + n:]
                         got += 1
@@ -123,15 +138,29 @@ server: {listen: "127.0.0.1:$port", threads: 1}
 log: {level: warn, access_log: "off"}
 store: {state: "sqlite://$dir/gh.db"}
 limits: {max_connections_per_ip: 100000, idle_timeout: 60s}
+functions:
+  - {name: fn, throttle: {rate: 1000000, burst: 1000000}}
+plans:
+  - {name: tight, throttle: {rate: 0.0166667, burst: 1}}
+throttling: {account: {rate: 1000000, burst: 1000000}}
 routes:
   - {method: GET, path: /hello, target: {static: {status: 200, body: "hello from gatehouse\n", content_type: text/plain}}}
+  - {name: api, method: GET, path: "/api/{proxy+}", api_key: required, function: fn, throttle: {rate: 1000000, burst: 1000000}, target: {static: {status: 200, body: "allowed\n"}}}
 EOF
     cmd=("$GH_BIN" serve --config "$dir/gatehouse.yaml")
+    if [[ $SCENARIO == refusal ]]; then
+      KEY=$("$GH_BIN" keys create --name bench --plan tight --config "$dir/gatehouse.yaml" |
+        grep -o 'ghk_[0-9a-f_]*' | head -n 1)
+      [[ -n $KEY ]] || die "gatehouse keys create printed no key"
+    fi
   else
     # One process (no master) so callgrind sees the worker's work without following forks.
+    local conf=$ROOT/bench/nginx-static.conf
+    [[ $SCENARIO == static ]] || conf=$ROOT/bench/nginx-refusal.conf
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e 's|^worker_processes 1;|worker_processes 1;\nmaster_process off;|' \
-      "$ROOT/bench/nginx-static.conf" >"$dir/nginx.conf"
+      "$conf" >"$dir/nginx.conf"
     cmd=("$NGINX_BIN" -p "$dir" -e "$dir/nginx-error.log" -c "$dir/nginx.conf")
+    KEY=ghk_0123456789abcdef_0123456789abcdef0123456789abcdef0123456789abcdef
   fi
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out.%p" "${cmd[@]}" >"$dir/valgrind.log" 2>&1 &
   VG_PID=$!
@@ -141,11 +170,13 @@ EOF
     sleep 0.2
   done
   ((i < 300)) || die "$server did not answer under valgrind within 60 s"
+  local req=(/hello 200)
+  [[ $SCENARIO == static ]] || req=(/api/hello 429 "x-api-key: $KEY")
   per=$(((WARMUP + CONNECTIONS - 1) / CONNECTIONS))
-  timeout 300 python3 "$OUT/client.py" "$port" "$CONNECTIONS" "$per" "$depth"
+  timeout 300 python3 "$OUT/client.py" "$port" "$CONNECTIONS" "$per" "$depth" "${req[0]}" any "${req[@]:2}"
   callgrind_control -z "$VG_PID" >/dev/null 2>&1 || die "callgrind_control -z failed"
   per=$((REQUESTS / CONNECTIONS))
-  timeout 600 python3 "$OUT/client.py" "$port" "$CONNECTIONS" "$per" "$depth"
+  timeout 600 python3 "$OUT/client.py" "$port" "$CONNECTIONS" "$per" "$depth" "${req[@]}"
   callgrind_control -d "$VG_PID" >/dev/null 2>&1 || die "callgrind_control -d failed"
   kill -TERM "$VG_PID"
   for ((i = 0; i < 100; i++)); do kill -0 "$VG_PID" 2>/dev/null || break; sleep 0.2; done
@@ -181,7 +212,7 @@ for line in sys.stdin:
 }
 
 declare -A RESULT
-echo "# user-space instructions per request (callgrind), $(date -u '+%Y-%m-%d %H:%M UTC'); outputs in $OUT"
+echo "# user-space instructions per request (callgrind), scenario $SCENARIO, $(date -u '+%Y-%m-%d %H:%M UTC'); outputs in $OUT"
 echo
 for server in $SERVERS; do
   for depth in $DEPTHS; do

@@ -1,5 +1,8 @@
 #include "core/core.h"
 
+// The low-level SHA256_* calls are deprecated in OpenSSL 3 but stay supported: see sha256_raw().
+#define OPENSSL_SUPPRESS_DEPRECATED
+
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -228,8 +231,13 @@ void json_escape(std::string& out, std::string_view s) {
       }
       ++i;
     } else if (c < 0x80) {
-      out.push_back(static_cast<char>(c));
-      ++i;
+      // A run of plain ASCII is appended at once (error codes and messages are all plain).
+      std::size_t j = i + 1;
+      while (j < n && p[j] >= 0x20 && p[j] < 0x80 && p[j] != '"' && p[j] != '\\') {
+        ++j;
+      }
+      out.append(s.data() + i, j - i);
+      i = j;
     } else {
       // Validate one UTF-8 sequence; copy it if well-formed, else emit U+FFFD for this byte.
       std::size_t len = 0;
@@ -265,9 +273,25 @@ void json_escape(std::string& out, std::string_view s) {
   }
 }
 
+namespace {
+
+// OpenSSL 3's one-shot SHA256() fetches the algorithm from the provider store on every call,
+// which takes a lock and costs several thousand instructions; API keys are hashed on every
+// request. The low-level interface runs the same (SHA-NI/AVX) block code with no fetch, no lock
+// and no allocation.
+void sha256_raw(std::string_view data, std::array<unsigned char, SHA256_DIGEST_LENGTH>& digest) {
+  SHA256_CTX ctx;
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, data.data(), data.size());
+  SHA256_Final(digest.data(), &ctx);
+  OPENSSL_cleanse(&ctx, sizeof(ctx));
+}
+
+}  // namespace
+
 std::string sha256_hex(std::string_view data) {
   std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest.data());
+  sha256_raw(data, digest);
   std::string out;
   out.reserve(digest.size() * 2);
   for (unsigned char c : digest) {
@@ -279,7 +303,7 @@ std::string sha256_hex(std::string_view data) {
 
 void sha256_hex(std::string_view data, std::array<char, 64>& out) noexcept {
   std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest.data());
+  sha256_raw(data, digest);
   for (std::size_t i = 0; i < digest.size(); ++i) {
     out[2 * i] = kHex[digest[i] >> 4];
     out[2 * i + 1] = kHex[digest[i] & 0xf];

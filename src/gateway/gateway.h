@@ -34,6 +34,7 @@ struct Snapshot;    // the compiled, immutable form of one Config (gateway.cc)
 struct RouteEntry;  // one compiled route of a Snapshot
 struct LimitTable;  // the compiled limits of a Snapshot (limiter.h)
 struct KeyState;    // an API key's limiter cells (limiter.h)
+struct CompiledPlan;  // a usage plan compiled into a LimitTable (limiter.h)
 
 // Who is calling. Filled by the authenticate stage; "anonymous" by default.
 struct Principal {
@@ -59,6 +60,7 @@ struct RequestContext {
   const LimitTable* limits = nullptr;     // the snapshot's compiled limits
   const auth::ApiKey* api_key = nullptr;  // set by the API-key authenticator
   KeyState* key_state = nullptr;          // that key's limiter cells
+  const CompiledPlan* plan = nullptr;     // that key's plan in `limits`
   std::array<limits::Gate*, 3> gates{};   // concurrency gates entered by the throttle
   std::uint8_t gate_count = 0;
 };

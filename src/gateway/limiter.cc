@@ -350,6 +350,7 @@ Verdict Limiter::authenticate(RequestContext& ctx, Refusal& out) {
   const LimitTable* t = ctx.limits;
   ctx.api_key = nullptr;
   ctx.key_state = nullptr;
+  ctx.plan = nullptr;
   if (t == nullptr || ctx.route_index >= t->routes.size()) {
     return Verdict::kContinue;
   }
@@ -390,6 +391,7 @@ Verdict Limiter::authenticate(RequestContext& ctx, Refusal& out) {
   }
   ctx.api_key = &entry->key;
   ctx.key_state = entry->state;
+  ctx.plan = &p;
   ctx.principal = Principal{"api_key", entry->key.id};
   return Verdict::kContinue;
 }
@@ -419,11 +421,7 @@ Verdict Limiter::admit(RequestContext& ctx, Refusal& out) {
   }
   add_rate(limits::LayerKind::kRoute, r.route);
   add_rate(limits::LayerKind::kFunction, r.function);
-  const CompiledPlan* plan = nullptr;
-  if (ctx.key_state != nullptr && ctx.api_key != nullptr) {
-    const auto it = t->plans.find(ctx.api_key->plan);
-    plan = it != t->plans.end() ? &it->second : nullptr;
-  }
+  const CompiledPlan* plan = ctx.key_state != nullptr ? ctx.plan : nullptr;
   if (plan != nullptr) {
     if (plan->has_throttle) {
       layers[n++] = limits::Layer{limits::LayerKind::kKey,
