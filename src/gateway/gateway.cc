@@ -512,29 +512,62 @@ class GatewayImpl final : public Gateway {
       }
       return AdminReply{200, {}, boost::json::serialize(boost::json::object{{"keys", arr}})};
     }
-    if (sub == "/keys" && method == "POST") {
+    // The body of create and attach: {"plan": string, "stages": [string...]} (+ "name" for
+    // create). The plan must exist in the config in force, the stages among its stages.
+    struct PlanBody {
+      std::string name;
+      std::string plan;
+      std::vector<std::string> stages;
+    };
+    auto plan_body = [&](bool with_name) -> tl::expected<PlanBody, AdminReply> {
       boost::system::error_code ec;
       auto v = boost::json::parse(body, ec);
       const auto* o = !ec && v.is_object() ? &v.get_object() : nullptr;
       const auto* name = o != nullptr ? o->if_contains("name") : nullptr;
       const auto* plan = o != nullptr ? o->if_contains("plan") : nullptr;
-      if (name == nullptr || !name->is_string() || plan == nullptr || !plan->is_string()) {
-        return AdminReply{400, "BadRequest", "expected {\"name\": string, \"plan\": string}"};
+      if ((with_name && (name == nullptr || !name->is_string())) || plan == nullptr ||
+          !plan->is_string()) {
+        return tl::unexpected(AdminReply{400, "BadRequest",
+                                         with_name ? "expected {\"name\": string, \"plan\": string}"
+                                                   : "expected {\"plan\": string}"});
       }
-      const std::string plan_name(plan->get_string());
-      if (snap->config.find_plan(plan_name) == nullptr) {
-        return AdminReply{400, "InvalidArgument", "no plan '" + plan_name + "'"};
+      PlanBody out;
+      if (with_name) {
+        out.name = std::string(name->get_string());
       }
-      std::vector<std::string> stages;
-      if (const auto* st = o->if_contains("stages"); st != nullptr && st->is_array()) {
+      out.plan = std::string(plan->get_string());
+      const config::Plan* p = snap->config.find_plan(out.plan);
+      if (p == nullptr) {
+        return tl::unexpected(AdminReply{400, "InvalidArgument", "no plan '" + out.plan + "'"});
+      }
+      if (const auto* st = o->if_contains("stages"); st != nullptr) {
+        if (!st->is_array()) {
+          return tl::unexpected(AdminReply{400, "BadRequest", "stages must be an array"});
+        }
         for (const auto& x : st->get_array()) {
           if (!x.is_string()) {
-            return AdminReply{400, "BadRequest", "stages must be strings"};
+            return tl::unexpected(AdminReply{400, "BadRequest", "stages must be strings"});
           }
-          stages.emplace_back(x.get_string());
+          std::string stage(x.get_string());
+          const bool known = std::any_of(snap->config.stages.begin(), snap->config.stages.end(),
+                                         [&](const config::Stage& s) { return s.name == stage; });
+          const bool in_plan = p->stages.empty() ||
+                               std::find(p->stages.begin(), p->stages.end(), stage) != p->stages.end();
+          if (!known || !in_plan) {
+            return tl::unexpected(AdminReply{400, "InvalidArgument",
+                                             "plan '" + out.plan + "' has no stage '" + stage + "'"});
+          }
+          out.stages.push_back(std::move(stage));
         }
       }
-      auto created = keys.create(std::string(name->get_string()), plan_name, std::move(stages));
+      return out;
+    };
+    if (sub == "/keys" && method == "POST") {
+      auto b = plan_body(true);
+      if (!b) {
+        return b.error();
+      }
+      auto created = keys.create(std::move(b->name), b->plan, std::move(b->stages));
       if (!created) {
         return fail(created.error());
       }
@@ -548,6 +581,18 @@ class GatewayImpl final : public Gateway {
       if (slash != std::string::npos) {
         const std::string ref = rest.substr(0, slash);
         const std::string action = rest.substr(slash + 1);
+        if (action == "attach") {
+          auto b = plan_body(false);
+          if (!b) {
+            return b.error();
+          }
+          auto r = keys.attach(ref, b->plan, std::move(b->stages));
+          if (!r) {
+            return fail(r.error());
+          }
+          limiter_->reload_keys();
+          return AdminReply{200, {}, boost::json::serialize(record(*r, nullptr))};
+        }
         if (action == "revoke") {
           auto r = keys.revoke(ref);
           if (!r) {

@@ -223,6 +223,14 @@ core::Result<std::shared_ptr<const KeyTable>> Limiter::load_keys() {
   for (auto& k : *all) {
     const bool fresh = key_states_.find(k.id) == key_states_.end();
     KeyState* st = key_state(k.id);
+    if (!fresh && st->plan_name != k.plan) {
+      // Attached to another plan: its rate cells start full under the new limits (a TAT means
+      // nothing under another rate). The quota count stays: what was used this period was used.
+      st->plan.tat.store(0, std::memory_order_relaxed);
+      for (auto& o : st->overrides) {
+        o.tat.store(0, std::memory_order_relaxed);
+      }
+    }
     st->plan_name = k.plan;
     if (fresh && quotas && table_) {
       // Restore the persisted count of the current period (an older period is ignored).

@@ -2,6 +2,8 @@
 plans that isolate clients from each other, function limits that isolate functions, quotas that
 survive restarts (graceful and kill -9), concurrency gates."""
 
+import datetime
+import os
 import signal
 import subprocess
 import threading
@@ -167,6 +169,38 @@ def test_quota_is_exact_and_survives_restarts(start_gatehouse):
 
 
 @pytest.mark.deadline(90)
+def test_quota_resets_at_the_utc_day_boundary(start_gatehouse):
+    """The server runs under libfaketime with its wall clock started 15 s before midnight UTC
+    (the monotonic clock stays real): the daily quota is used up before midnight and granted
+    again after it, by the clock alone."""
+    g = start_gatehouse(config=plans_config(), ready=False)
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    g.command_prefix = ["faketime", "-f", f"@{today.isoformat()} 23:59:45"]
+    g.env = {"TZ": "UTC", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+             # libfaketime is preloaded ahead of the sanitizer runtime in ASan builds.
+             "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    g.start()
+    key = create_key(g, "metered", "metered")
+    assert wait_key_works(g, "/v1/items", key).status == 200   # 1 of 5
+    for _ in range(4):
+        assert h.get(g.port, "/v1/items", headers={"x-api-key": key}).status == 200
+    r = h.get(g.port, "/v1/items", headers={"x-api-key": key})
+    assert r.status == 429 and r.json()["error"]["code"] == "QuotaExceeded", r.body
+    assert " 23:59:" in r.header("date"), r.header("date")  # before midnight, on the fake clock
+    retry = int(r.header("retry-after"))
+    assert 1 <= retry <= 15, retry  # the period ends at midnight, seconds away
+    time.sleep(retry + 0.5)
+    r = h.get(g.port, "/v1/items", headers={"x-api-key": key})
+    assert r.status == 200, (r.status, r.body, r.header("date"))
+    assert " 00:00:" in r.header("date"), r.header("date")
+    for _ in range(4):
+        assert h.get(g.port, "/v1/items", headers={"x-api-key": key}).status == 200
+    r = h.get(g.port, "/v1/items", headers={"x-api-key": key})
+    assert r.status == 429 and r.json()["error"]["code"] == "QuotaExceeded"
+    assert int(r.header("retry-after")) > 86000  # the next period is a whole day
+
+
+@pytest.mark.deadline(90)
 def test_quota_after_kill_9_loses_at_most_one_flush_interval(start_gatehouse):
     g = start_gatehouse(config=plans_config())
     key = create_key(g, "metered", "metered")
@@ -231,6 +265,28 @@ def test_admin_api_manages_keys(start_gatehouse):
     new_key = r.json()["key"]
     assert h.get(g.port, "/v1/items", headers={"x-api-key": key}).status == 403
     assert h.get(g.port, "/v1/items", headers={"x-api-key": new_key}).status == 200
+    # Attach: a key moved from the tight plan `free` (burst 3) to `pro` keeps its id and
+    # secret and gets pro's rate at once.
+    r = h.get(g.port, "/admin/keys", method="POST", headers=dict(h.AUTH),
+              body=json.dumps({"name": "carol", "plan": "free"}).encode())
+    carol = r.json()
+    statuses = [h.get(g.port, "/v1/items", headers={"x-api-key": carol["key"]}).status
+                for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    r = h.get(g.port, "/admin/keys/carol/attach", method="POST", headers=dict(h.AUTH),
+              body=json.dumps({"plan": "pro"}).encode())
+    assert r.status == 200 and r.json()["plan"] == "pro" and r.json()["id"] == carol["id"], r.body
+    assert all(h.get(g.port, "/v1/items", headers={"x-api-key": carol["key"]}).status == 200
+               for _ in range(10))
+    r = h.get(g.port, "/admin/keys/carol/attach", method="POST", headers=dict(h.AUTH),
+              body=b'{"plan": "nope"}')
+    assert r.status == 400 and r.json()["error"]["code"] == "InvalidArgument"
+    r = h.get(g.port, "/admin/keys/carol/attach", method="POST", headers=dict(h.AUTH),
+              body=b'{"plan": "pro", "stages": ["nope"]}')
+    assert r.status == 400
+    r = h.get(g.port, "/admin/keys/nobody/attach", method="POST", headers=dict(h.AUTH),
+              body=b'{"plan": "pro"}')
+    assert r.status == 404
     r = h.get(g.port, "/admin/keys/bob/revoke", method="POST", headers=dict(h.AUTH))
     assert r.status == 200 and r.json()["revoked"] is True
     assert h.get(g.port, "/v1/items", headers={"x-api-key": new_key}).status == 403
