@@ -8,9 +8,11 @@
 #include <strings.h>
 
 #include <atomic>
+#include <deque>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
 #include <mutex>
@@ -250,7 +252,30 @@ class Pipeline final : public http::Handler {
   http::Step on_request(http::Exchange& ex) override;
   void on_complete(http::Exchange& ex) override;
 
+  // Worker `w`, after its loop stopped: drops waiting requests and the retry timer (before the
+  // worker's io_context goes).
+  void clear(unsigned w) {
+    current_[w].waiting.clear();
+    current_[w].retry.reset();
+  }
+
+  // Most requests one worker holds waiting for a concurrency slot; past it, 429 at once.
+  static constexpr std::size_t kMaxWaiting = 4096;
+  // How often waiting requests retry their gates (a release on the same worker retries at once).
+  static constexpr std::chrono::milliseconds kRetryTick{1};
+
  private:
+  // A request refused by a concurrency gate, held for throttling.concurrency_wait.
+  struct Waiter {
+    http::Exchange* ex;
+    std::shared_ptr<void> keep;  // keeps the session (and so *ex) alive
+    steady_clock::time_point deadline;
+  };
+
+  http::Step after_admission(http::Exchange& ex, Conn& c);
+  bool park(http::Exchange& ex, std::chrono::milliseconds wait);
+  void arm_retry(unsigned w);
+  void retry_waiting(unsigned w);
   http::Step refuse(http::Exchange& ex, Conn& c, const Refusal& r);
   http::Step builtin(http::Exchange& ex, Conn& c);
   http::Step dispatch(http::Exchange& ex, Conn& c);
@@ -260,6 +285,10 @@ class Pipeline final : public http::Handler {
   GatewayImpl& gw_;
   struct alignas(64) PerWorker {
     std::shared_ptr<const Snapshot> snap;
+    std::deque<Waiter> waiting;                 // oldest first
+    std::unique_ptr<net::steady_timer> retry;   // created on first use
+    bool retry_armed = false;
+    bool retry_posted = false;
   };
   std::vector<PerWorker> current_;
 };
@@ -289,6 +318,7 @@ class GatewayImpl final : public Gateway {
     if (server_) {
       for (unsigned w = 0; w < server_->workers(); ++w) {
         proxy_.clear(w);
+        pipeline_.clear(w);
       }
       server_.reset();
     }
@@ -766,19 +796,90 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
     return refuse(ex, c, r);
   }
   if (gw_.throttle().admit(ctx, r) == Verdict::kRefuse) {
+    // Only a full concurrency gate is worth waiting for (gates are checked after every rate and
+    // quota layer, so those passed): the request waits for a slot, up to concurrency_wait.
+    if (r.code == limits::refusal_code(limits::LayerKind::kConcurrency) &&
+        s.config.throttling.concurrency_wait.count() > 0 &&
+        park(ex, s.config.throttling.concurrency_wait)) {
+      return http::Step::kPending;
+    }
     return refuse(ex, c, r);
   }
+  return after_admission(ex, c);
+}
+
+http::Step Pipeline::after_admission(http::Exchange& ex, Conn& c) {
   c.admitted = true;
-  if (gw_.guard().check(ctx, r) == Verdict::kRefuse) {
+  Refusal r;
+  if (gw_.guard().check(c.ctx, r) == Verdict::kRefuse) {
     return refuse(ex, c, r);
   }
   // A static answer needs no body: answer now unless one was sent (then read and discard it so
   // the connection stays usable).
-  if (ctx.route->kind == config::Target::Kind::kStatic && req.content_length == 0 && !req.chunked) {
-    answer_static(ex, *ctx.route);
+  const http::Request& req = ex.request();
+  if (c.ctx.route->kind == config::Target::Kind::kStatic && req.content_length == 0 &&
+      !req.chunked) {
+    answer_static(ex, *c.ctx.route);
     return http::Step::kDone;
   }
   return http::Step::kReadBody;
+}
+
+bool Pipeline::park(http::Exchange& ex, std::chrono::milliseconds wait) {
+  const unsigned w = ex.worker();
+  PerWorker& pw = current_[w];
+  if (pw.waiting.size() >= kMaxWaiting) {
+    return false;
+  }
+  if (!pw.retry) {
+    pw.retry = std::make_unique<net::steady_timer>(*static_cast<net::io_context*>(ex.io_context()));
+  }
+  pw.waiting.push_back(Waiter{&ex, ex.keep_alive_token(), steady_clock::now() + wait});
+  arm_retry(w);
+  return true;
+}
+
+void Pipeline::arm_retry(unsigned w) {
+  PerWorker& pw = current_[w];
+  if (pw.retry_armed || pw.waiting.empty() || !pw.retry) {
+    return;
+  }
+  pw.retry_armed = true;
+  pw.retry->expires_after(kRetryTick);
+  pw.retry->async_wait([this, w](const boost::system::error_code& ec) {
+    current_[w].retry_armed = false;
+    if (!ec) {
+      retry_waiting(w);
+    }
+  });
+}
+
+// Worker w: retries every waiting request in arrival order; admits those whose gates have room,
+// refuses those whose wait is over, keeps the rest.
+void Pipeline::retry_waiting(unsigned w) {
+  PerWorker& pw = current_[w];
+  const auto now = steady_clock::now();
+  for (std::size_t n = pw.waiting.size(); n > 0; --n) {
+    Waiter wt = std::move(pw.waiting.front());
+    pw.waiting.pop_front();
+    auto& c = static_cast<Conn&>(wt.ex->state());
+    Refusal r;
+    http::Step step;
+    if (gw_.throttle().admit(c.ctx, r) == Verdict::kContinue) {
+      step = after_admission(*wt.ex, c);
+    } else if (now >= wt.deadline ||
+               r.code != limits::refusal_code(limits::LayerKind::kConcurrency)) {
+      step = refuse(*wt.ex, c, r);
+    } else {
+      pw.waiting.push_back(std::move(wt));
+      continue;
+    }
+    // kDone: the answer (static or refusal) is written; kReadBody: status stays 0 and the
+    // session reads the body, then calls on_request.
+    (void)step;
+    wt.ex->resume();
+  }
+  arm_retry(w);
 }
 
 http::Step Pipeline::on_request(http::Exchange& ex) {
@@ -962,6 +1063,18 @@ void Pipeline::on_complete(http::Exchange& ex) {
   if (c.admitted) {
     c.admitted = false;
     gw_.throttle().release(c.ctx);
+    // A slot came free: requests waiting on this worker retry on the next turn of its loop
+    // (not from here, inside another session's completion). Other workers' waiters see it at
+    // their next tick.
+    PerWorker& pw = current_[ex.worker()];
+    if (!pw.waiting.empty() && !pw.retry_posted) {
+      pw.retry_posted = true;
+      const unsigned w = ex.worker();
+      net::post(*static_cast<net::io_context*>(ex.io_context()), [this, w] {
+        current_[w].retry_posted = false;
+        retry_waiting(w);
+      });
+    }
   }
   const auto now = steady_clock::now();
   const auto dur = static_cast<std::uint64_t>(

@@ -247,6 +247,48 @@ def test_route_concurrency_gate(start_gatehouse, upstream):
 
 
 @pytest.mark.deadline(60)
+def test_concurrency_wait_holds_a_request_until_a_slot_frees_or_the_wait_ends(start_gatehouse,
+                                                                               upstream):
+    def modify(cfg):
+        cfg["throttling"]["concurrency_wait"] = "1500ms"
+        cfg["upstreams"] = [{"name": "up", "url": f"http://127.0.0.1:{upstream.port}",
+                             "timeout": "10s"}]
+        cfg["routes"].append(dict(h.http_route("held", "GET", "/api/{proxy+}", "up"),
+                                  concurrency=1))
+    g = start_gatehouse(config=plans_config(modify))
+    results = {}
+
+    def call(name, path):
+        t0 = time.monotonic()
+        r = h.get(g.port, path, timeout=15)
+        results[name] = (r, time.monotonic() - t0)
+
+    first = threading.Thread(target=call, args=("first", "/api/hold/1"), daemon=True)
+    first.start()
+    try:
+        assert upstream.held.wait(5)
+        # The slot stays taken: the second request waits the whole 1.5 s, then gets 429.
+        call("second", "/api/other")
+        r, took = results["second"]
+        assert r.status == 429 and r.json()["error"]["code"] == "ConcurrencyLimit", r.body
+        assert 1.4 <= took < 5, took
+        # A third request waits; the slot frees 0.4 s later and it is served then.
+        third = threading.Thread(target=call, args=("third", "/api/third"), daemon=True)
+        third.start()
+        time.sleep(0.4)
+    finally:
+        upstream.release.set()
+    first.join(15)
+    third.join(15)
+    assert results["first"][0].status == 200
+    r, took = results["third"]
+    assert r.status == 200, r.body
+    assert 0.3 <= took < 1.4, took
+    # Only the timed-out request was refused.
+    assert g.metric("gatehouse_refusals_total", code="ConcurrencyLimit") == 1
+
+
+@pytest.mark.deadline(60)
 def test_admin_api_manages_keys(start_gatehouse):
     g = start_gatehouse(config=plans_config())
     import json
