@@ -218,14 +218,21 @@ def test_quota_after_kill_9_loses_at_most_one_flush_interval(start_gatehouse):
     assert statuses == [200, 429, 429]
 
 
-@pytest.mark.deadline(60)
-def test_route_concurrency_gate(start_gatehouse, upstream):
+def held_route_config(upstream, concurrency_wait=None):
+    """plans_config plus /api/... proxied to `upstream` through a route gate of 1."""
     def modify(cfg):
+        if concurrency_wait is not None:
+            cfg["throttling"]["concurrency_wait"] = concurrency_wait
         cfg["upstreams"] = [{"name": "up", "url": f"http://127.0.0.1:{upstream.port}",
                              "timeout": "10s"}]
         cfg["routes"].append(dict(h.http_route("held", "GET", "/api/{proxy+}", "up"),
                                   concurrency=1))
-    g = start_gatehouse(config=plans_config(modify))
+    return plans_config(modify)
+
+
+@pytest.mark.deadline(60)
+def test_route_concurrency_gate(start_gatehouse, upstream):
+    g = start_gatehouse(config=held_route_config(upstream))
     result = {}
 
     def first():
@@ -249,13 +256,7 @@ def test_route_concurrency_gate(start_gatehouse, upstream):
 @pytest.mark.deadline(60)
 def test_concurrency_wait_holds_a_request_until_a_slot_frees_or_the_wait_ends(start_gatehouse,
                                                                                upstream):
-    def modify(cfg):
-        cfg["throttling"]["concurrency_wait"] = "1500ms"
-        cfg["upstreams"] = [{"name": "up", "url": f"http://127.0.0.1:{upstream.port}",
-                             "timeout": "10s"}]
-        cfg["routes"].append(dict(h.http_route("held", "GET", "/api/{proxy+}", "up"),
-                                  concurrency=1))
-    g = start_gatehouse(config=plans_config(modify))
+    g = start_gatehouse(config=held_route_config(upstream, concurrency_wait="1500ms"))
     results = {}
 
     def call(name, path):
