@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -93,7 +94,15 @@ class KeyIndex {
   [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
 
  private:
-  std::unordered_map<std::string, Entry> entries_;
+  // Transparent hashing: verify() looks ids up by string_view, with no temporary std::string
+  // (a 16-character id is one past the small-string buffer and would allocate per request).
+  struct IdHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+  std::unordered_map<std::string, Entry, IdHash, std::equal_to<>> entries_;
 };
 
 // Splits "ghk_<id>_<secret>"; false when malformed.
@@ -105,8 +114,7 @@ const typename KeyIndex<T>::Entry* KeyIndex<T>::verify(std::string_view presente
   if (!parse_key(presented, id)) {
     return nullptr;
   }
-  // Heterogeneous lookup would avoid this copy; ids are 16 bytes, within the SSO buffer.
-  const auto it = entries_.find(std::string(id));
+  const auto it = entries_.find(id);
   if (it == entries_.end() || it->second.key.revoked) {
     return nullptr;
   }
