@@ -7,7 +7,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <map>
 
@@ -18,6 +18,8 @@ namespace bhttp = boost::beast::http;
 using tcp = net::ip::tcp;
 
 namespace {
+
+constexpr std::size_t kReadChunk = 16 * 1024;
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
@@ -142,7 +144,23 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   }
 
   void send() {
-    net::async_write(conn_->socket, net::buffer(request_),
+    // Write at once on the non-blocking socket: a request almost always fits the socket buffer,
+    // and then no write operation (and no posted completion) goes through the scheduler.
+    boost::system::error_code ec;
+    if (!conn_->socket.non_blocking()) {
+      conn_->socket.non_blocking(true, ec);
+    }
+    const std::size_t sent = ec ? 0 : conn_->socket.write_some(net::buffer(request_), ec);
+    if (!ec && sent == request_.size()) {
+      read();
+      return;
+    }
+    if (ec && ec != net::error::would_block && ec != net::error::try_again) {
+      retry_or_fail(502, "upstream write failed");
+      return;
+    }
+    const std::size_t done = ec ? 0 : sent;
+    net::async_write(conn_->socket, net::buffer(request_.data() + done, request_.size() - done),
                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
                        if (ec) {
                          self->retry_or_fail(502, "upstream write failed");
@@ -156,16 +174,32 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     parser_.emplace();
     parser_->body_limit(target_.upstream->max_response_bytes);
     parser_->header_limit(64 * 1024);
+    parser_->eager(true);
     if (iequals(ex_.request().method, "HEAD")) {
       parser_->skip(true);
     }
-    bhttp::async_read(
-        conn_->socket, conn_->buffer, *parser_,
+    parse();
+  }
+
+  // Reads straight from the socket into the connection's buffer and feeds the parser: one read
+  // operation per arrival of bytes, completed from the reactor without a composed operation.
+  void read_more() {
+    conn_->socket.async_read_some(
+        conn_->buffer.prepare(kReadChunk),
         [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+          self->conn_->buffer.commit(n);
+          self->received_ += n;
+          if (ec == net::error::eof && self->parser_->got_some() && !self->parser_->is_done()) {
+            boost::system::error_code eof_ec;
+            self->parser_->put_eof(eof_ec);  // a body delimited by the end of the connection
+            if (!eof_ec && self->parser_->is_done()) {
+              self->close_after_ = true;
+              self->finish_message();
+              return;
+            }
+          }
           if (ec) {
-            if (ec == bhttp::error::body_limit) {
-              self->fail(502, "upstream response exceeds max_response_bytes");
-            } else if (n == 0 && !self->timed_out_) {
+            if (self->received_ == 0 && !self->timed_out_) {
               self->retry_or_fail(502, "upstream closed the connection");
             } else {
               self->fail(self->timed_out_ ? 504 : 502,
@@ -173,23 +207,49 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
             }
             return;
           }
-          // Interim 1xx answers (103 Early Hints, 100 Continue) are not the
-          // response: read on. 101 would switch protocols, which we never ask for.
-          const int status = static_cast<int>(self->parser_->get().result_int());
-          if (status >= 100 && status < 200 && status != 101) {
-            if (++self->interim_ > 8) {
-              self->fail(502, "upstream sent too many interim responses");
-              return;
-            }
-            self->read();
-            return;
-          }
-          if (status == 101) {
-            self->fail(502, "upstream switched protocols");
-            return;
-          }
-          self->respond();
+          self->parse();
         });
+  }
+
+  void parse() {
+    auto& buf = conn_->buffer;
+    while (buf.size() > 0 && !parser_->is_done()) {
+      boost::system::error_code ec;
+      const std::size_t used = parser_->put(buf.data(), ec);
+      buf.consume(used);
+      if (ec == bhttp::error::need_more) {
+        break;
+      }
+      if (ec) {
+        fail(502, ec == bhttp::error::body_limit ? "upstream response exceeds max_response_bytes"
+                                                 : "invalid upstream response");
+        return;
+      }
+    }
+    if (!parser_->is_done()) {
+      read_more();
+      return;
+    }
+    finish_message();
+  }
+
+  void finish_message() {
+    // Interim 1xx answers (103 Early Hints, 100 Continue) are not the response: read on. 101
+    // would switch protocols, which we never ask for.
+    const int status = static_cast<int>(parser_->get().result_int());
+    if (status >= 100 && status < 200 && status != 101) {
+      if (++interim_ > 8) {
+        fail(502, "upstream sent too many interim responses");
+        return;
+      }
+      read();
+      return;
+    }
+    if (status == 101) {
+      fail(502, "upstream switched protocols");
+      return;
+    }
+    respond();
   }
 
   // A pooled connection the upstream closed while idle fails before any byte of response:
@@ -229,7 +289,8 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     }
     // Only a connection with nothing left unread may serve another request: stray bytes would
     // be taken as the next client's response.
-    const bool reusable = msg.keep_alive() && !timed_out_ && conn_->buffer.size() == 0;
+    const bool reusable =
+        msg.keep_alive() && !close_after_ && !timed_out_ && conn_->buffer.size() == 0;
     if (reusable) {
       auto& idle = pool_.idle[pool_key_];
       if (idle.size() < target_.upstream->max_idle) {
@@ -268,7 +329,9 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   bool connect_timed_out_ = false;
   bool timed_out_ = false;
   bool done_ = false;
+  bool close_after_ = false;  // the body ended with the connection
   int interim_ = 0;
+  std::size_t received_ = 0;  // response bytes read on this connection for this request
 };
 
 }  // namespace

@@ -103,9 +103,7 @@ class Gatehouse:
         self.stdout_path = workdir / "stdout.log"
         self.stderr_path = workdir / "stderr.log"
         self.proc: Optional[subprocess.Popen] = None
-        # Set before start(): a command the server runs under (e.g. faketime) and extra
-        # environment variables.
-        self.command_prefix: list = []
+        # Set before start(): extra environment variables for the server.
         self.env: dict = {}
         self.write_config(config)
 
@@ -129,7 +127,7 @@ class Gatehouse:
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [*self.command_prefix, self.binary, "serve", "--config", str(self.config_path)],
+            [self.binary, "serve", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err, cwd=self.workdir,
             env={**os.environ, **self.env})
         deadline = time.monotonic() + ready_timeout

@@ -3,6 +3,7 @@ plans that isolate clients from each other, function limits that isolate functio
 survive restarts (graceful and kill -9), concurrency gates."""
 
 import datetime
+import glob
 import os
 import signal
 import subprocess
@@ -12,6 +13,11 @@ import time
 import pytest
 
 import gh_helpers as h
+
+
+# From Debian's package faketime (scripts/setup installs it).
+FAKETIME_LIB = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))),
+                    "libfaketime.so.1: install the Debian package faketime")
 
 
 def keys_cli(g, *args) -> subprocess.CompletedProcess:
@@ -175,8 +181,10 @@ def test_quota_resets_at_the_utc_day_boundary(start_gatehouse):
     again after it, by the clock alone."""
     g = start_gatehouse(config=plans_config(), ready=False)
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    g.command_prefix = ["faketime", "-f", f"@{today.isoformat()} 23:59:45"]
-    g.env = {"TZ": "UTC", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    # libfaketime preloaded into the server itself (the `faketime` wrapper would stand between
+    # the test and the server, and SIGTERM would not reach the server).
+    g.env = {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": f"@{today.isoformat()} 23:59:45",
+             "TZ": "UTC", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
              # libfaketime is preloaded ahead of the sanitizer runtime in ASan builds.
              "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
     g.start()
