@@ -186,6 +186,7 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
       e.upstream.upstream = up;
       e.upstream.endpoint = *ep;
       e.upstream.host_header = up->host + ":" + std::to_string(up->port);
+      e.upstream.pool_key = up->name + "@" + e.upstream.host_header;
     }
     snap->routes.push_back(std::move(e));
   }
@@ -317,7 +318,7 @@ class GatewayImpl final : public Gateway {
     // (whose sessions call back into the pipeline and stages as they die) before those.
     if (server_) {
       for (unsigned w = 0; w < server_->workers(); ++w) {
-        proxy_.clear(w);
+        proxy_.shutdown(w);
         pipeline_.clear(w);
       }
       server_.reset();

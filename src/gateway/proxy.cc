@@ -67,14 +67,27 @@ struct Conn {
   boost::beast::flat_buffer buffer;
 };
 
+class ProxyOp;
+
 }  // namespace
 
 struct Proxy::Pool {
-  // Idle keep-alive connections by upstream name.
+  // Idle keep-alive connections by upstream name and address (UpstreamTarget::pool_key).
   std::map<std::string, std::vector<std::unique_ptr<Conn>>, std::less<>> idle;
+  // Requests waiting for an upstream, oldest first (deadlines are checked by the sweep).
+  ProxyOp* head = nullptr;
+  ProxyOp* tail = nullptr;
+  std::unique_ptr<net::steady_timer> sweep;  // armed while requests are in flight
+  bool sweep_armed = false;
 };
 
 namespace {
+
+// How often in-flight requests are checked against their upstream timeout: a timeout fires up
+// to this much late, never early. One timer per worker, instead of one per request.
+constexpr std::chrono::milliseconds kSweepInterval{50};
+
+void arm_sweep(Proxy::Pool& pool, net::io_context& ioc);
 
 class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
  public:
@@ -82,32 +95,58 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
       : ex_(ex),
         keep_(ex.keep_alive_token()),
         target_(target),
-        pool_key_(target.upstream->name + "@" + target.host_header),
         pool_(pool),
         ioc_(*static_cast<net::io_context*>(ex.io_context())),
-        timer_(ioc_),
         request_(std::move(request)) {}
+  ~ProxyOp() { unlink(); }
+  ProxyOp(const ProxyOp&) = delete;
+  ProxyOp& operator=(const ProxyOp&) = delete;
 
   void start() {
-    timer_.expires_after(target_.upstream->timeout);
-    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-      if (!ec && !self->done_) {
-        self->timed_out_ = true;
-        if (self->conn_) {
-          boost::system::error_code ignored;
-          self->conn_->socket.close(ignored);
-        }
-      }
-    });
-    auto& idle = pool_.idle[pool_key_];
-    if (!idle.empty()) {
-      conn_ = std::move(idle.back());
-      idle.pop_back();
+    deadline_ = std::chrono::steady_clock::now() + target_.upstream->timeout;
+    link();
+    idle_ = &pool_.idle[target_.pool_key];
+    if (!idle_->empty()) {
+      conn_ = std::move(idle_->back());
+      idle_->pop_back();
       reused_ = true;
       send();
     } else {
       connect();
     }
+  }
+
+  // The worker's sweep: past the deadline, close the connection; the pending operation fails
+  // and answers 504.
+  void check_deadline(std::chrono::steady_clock::time_point now) {
+    if (done_ || now < deadline_) {
+      return;
+    }
+    timed_out_ = true;
+    if (conn_) {
+      boost::system::error_code ignored;
+      conn_->socket.close(ignored);
+    }
+  }
+
+  ProxyOp* next_ = nullptr;  // in Pool's in-flight list
+
+ private:
+  void link() {
+    prev_ = pool_.tail;
+    (prev_ != nullptr ? prev_->next_ : pool_.head) = this;
+    pool_.tail = this;
+    linked_ = true;
+    arm_sweep(pool_, ioc_);
+  }
+  void unlink() {
+    if (!linked_) {
+      return;
+    }
+    (prev_ != nullptr ? prev_->next_ : pool_.head) = next_;
+    (next_ != nullptr ? next_->prev_ : pool_.tail) = prev_;
+    prev_ = next_ = nullptr;
+    linked_ = false;
   }
 
  private:
@@ -265,7 +304,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
 
   void respond() {
     done_ = true;
-    timer_.cancel();
+    unlink();
     auto& msg = parser_->get();
     std::string& out = ex_.out();
     http::ResponseWriter w(out);
@@ -292,9 +331,8 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     const bool reusable =
         msg.keep_alive() && !close_after_ && !timed_out_ && conn_->buffer.size() == 0;
     if (reusable) {
-      auto& idle = pool_.idle[pool_key_];
-      if (idle.size() < target_.upstream->max_idle) {
-        idle.push_back(std::move(conn_));
+      if (idle_->size() < target_.upstream->max_idle) {
+        idle_->push_back(std::move(conn_));
       }
     }
     conn_.reset();
@@ -304,7 +342,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
 
   void fail(int status, std::string_view message) {
     done_ = true;
-    timer_.cancel();
+    unlink();
     conn_.reset();
     http::write_error(ex_.out(), status, status == 504 ? "GatewayTimeout" : "BadGateway", message,
                       ex_.request_id(), ex_.keep_alive());
@@ -315,10 +353,12 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   http::Exchange& ex_;
   std::shared_ptr<void> keep_;  // keeps the session (and so ex_) alive
   UpstreamTarget target_;
-  std::string pool_key_;  // upstream name and address: a reload that moves it uses a new pool
   Proxy::Pool& pool_;
+  std::vector<std::unique_ptr<Conn>>* idle_ = nullptr;  // pool_.idle[target_.pool_key]
   net::io_context& ioc_;
-  net::steady_timer timer_;
+  std::chrono::steady_clock::time_point deadline_{};
+  ProxyOp* prev_ = nullptr;
+  bool linked_ = false;
   std::string request_;
   std::unique_ptr<Conn> conn_;
   std::optional<bhttp::response_parser<bhttp::string_body>> parser_;
@@ -334,6 +374,29 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   std::size_t received_ = 0;  // response bytes read on this connection for this request
 };
 
+void arm_sweep(Proxy::Pool& pool, net::io_context& ioc) {
+  if (pool.sweep_armed || pool.head == nullptr) {
+    return;
+  }
+  if (!pool.sweep) {
+    pool.sweep = std::make_unique<net::steady_timer>(ioc);
+  }
+  pool.sweep_armed = true;
+  pool.sweep->expires_after(kSweepInterval);
+  pool.sweep->async_wait([&pool, &ioc](const boost::system::error_code& ec) {
+    pool.sweep_armed = false;
+    if (ec) {
+      return;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    // check_deadline only closes sockets: no op leaves the list during the walk.
+    for (ProxyOp* op = pool.head; op != nullptr; op = op->next_) {
+      op->check_deadline(now);
+    }
+    arm_sweep(pool, ioc);
+  });
+}
+
 }  // namespace
 
 Proxy::Proxy(unsigned workers) {
@@ -345,6 +408,12 @@ Proxy::Proxy(unsigned workers) {
 Proxy::~Proxy() = default;
 
 void Proxy::clear(unsigned worker) { pools_[worker]->idle.clear(); }
+
+void Proxy::shutdown(unsigned worker) {
+  Pool& p = *pools_[worker];
+  p.idle.clear();
+  p.sweep.reset();
+}
 
 void Proxy::forward(http::Exchange& ex, const UpstreamTarget& target, std::string path) {
   const http::Request& req = ex.request();

@@ -1,6 +1,7 @@
 #pragma once
 // Private to the gateway: the `http` target, a reverse proxy with a keep-alive connection pool
-// per worker and upstream, a connect timeout and a whole-response timeout.
+// per worker and upstream, a connect timeout and a whole-response timeout (checked by one sweep
+// timer per worker).
 
 #include <boost/asio/ip/tcp.hpp>
 #include <memory>
@@ -16,6 +17,7 @@ struct UpstreamTarget {
   const config::Upstream* upstream = nullptr;  // owned by the snapshot's Config
   boost::asio::ip::tcp::endpoint endpoint;     // resolved when the snapshot is built
   std::string host_header;                     // "host:port"
+  std::string pool_key;  // "name@host:port": a reload that moves the upstream uses a new pool
 };
 
 class Proxy {
@@ -32,6 +34,9 @@ class Proxy {
   // Worker thread `worker`: closes its idle connections (after a reload, so upstreams that moved
   // or were removed are not used again).
   void clear(unsigned worker);
+  // Worker `worker`, after its loop stopped: drops idle connections and the deadline timer
+  // (before the worker's io_context goes).
+  void shutdown(unsigned worker);
 
   struct Pool;
 
