@@ -455,7 +455,8 @@ bool Compiler::action(std::string_view a, const std::string& path, Statement& ou
 }
 
 bool Compiler::resource(std::string_view r, const std::string& path, Statement& out) {
-  if (r != "*" && (!r.starts_with("arn:") || std::count(r.begin(), r.end(), ':') < 5)) {
+  // "arn:partition:service..." at least; shorter forms such as "arn:aws:states:*" are fine.
+  if (r != "*" && (!r.starts_with("arn:") || std::count(r.begin(), r.end(), ':') < 2)) {
     return fail(path, "expected \"*\" or an ARN (arn:partition:service:region:account:resource)");
   }
   std::string raw(r);
