@@ -86,7 +86,8 @@ int simulate(const SimulateArgs& a) {
   }
   // The time keys the gateway would provide, unless the caller set them.
   const auto now = std::chrono::system_clock::now();
-  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  const auto secs =
+      std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
   if (r.context.find("aws:EpochTime") == nullptr) {
     r.context.set("aws:EpochTime", std::to_string(secs));
   }
@@ -102,8 +103,7 @@ int simulate(const SimulateArgs& a) {
   for (const auto& p : identity) {
     ids.push_back(&p);
   }
-  const policy::Decision d =
-      policy::evaluate(r, ids, resource ? &*resource : nullptr);
+  const policy::Decision d = policy::evaluate(r, ids, resource ? &*resource : nullptr);
   std::printf("%s\n", d.explain().c_str());
   return d.allowed() ? kExitAllow : kExitDeny;
 }
@@ -153,7 +153,8 @@ int run_policy_command(int argc, char** argv) {
   sim->add_option("--account", s.account, "This Gatehouse's account id")->capture_default_str();
   sim->add_option("--action", s.action, "Action, e.g. s3:GetObject")->required();
   sim->add_option("--resource", s.resource, "Resource ARN")->required();
-  sim->add_option("--context", s.context, "Condition key=value (repeat; a repeated key is multivalued)");
+  sim->add_option("--context", s.context,
+                  "Condition key=value (repeat; a repeated key is multivalued)");
 
   try {
     app.parse(argc, argv);

@@ -121,9 +121,9 @@ struct Condition {
 
 // A compiled Principal or NotPrincipal.
 struct PrincipalSet {
-  bool any = false;                     // "*" or {"AWS": "*"}
-  std::vector<std::string> accounts;    // "123456789012" or arn:...:iam::123456789012:root
-  std::vector<std::string> arns;        // normalized to the gatehouse partition
+  bool any = false;                   // "*" or {"AWS": "*"}
+  std::vector<std::string> accounts;  // "123456789012" or arn:...:iam::123456789012:root
+  std::vector<std::string> arns;      // normalized to the gatehouse partition
   std::vector<std::string> services;
   std::vector<std::string> federated;
 };

@@ -97,9 +97,9 @@ class Evaluator {
  public:
   explicit Evaluator(const Request& r) : r_(r) {
     const Principal& p = r.principal;
-    account_ = !p.account.empty()             ? std::string_view(p.account)
-               : !p.arns.empty()              ? detail::arn_account(p.arns.front())
-                                              : std::string_view();
+    account_ = !p.account.empty() ? std::string_view(p.account)
+               : !p.arns.empty()  ? detail::arn_account(p.arns.front())
+                                  : std::string_view();
     if (r.resource.starts_with("arn:aws:")) {  // rare: callers pass gatehouse ARNs
       normalized_resource_ = r.resource;
       detail::normalize_partition(normalized_resource_);

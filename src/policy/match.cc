@@ -15,7 +15,9 @@ namespace {
 constexpr std::string_view kAwsPrefix = "arn:aws:";
 constexpr std::string_view kGatehousePrefix = "arn:gatehouse:";
 
-char lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+char lower(char c) noexcept {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
 
 // Splits an ARN into its six components (the last one, the resource, may hold more colons).
 // False when `arn` has fewer than five colons or does not start with "arn".
@@ -95,8 +97,8 @@ std::optional<std::int64_t> parse_iso8601(std::string_view s) noexcept {
       day > kDays[month - 1] + (month == 2 && leap(year) ? 1 : 0)) {
     return std::nullopt;
   }
-  std::int64_t ms = days_from_civil(year, static_cast<unsigned>(month),
-                                    static_cast<unsigned>(day)) * 86'400'000;
+  std::int64_t ms =
+      days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86'400'000;
   if (pos == s.size()) {
     return ms;
   }

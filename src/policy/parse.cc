@@ -189,7 +189,8 @@ bool is_base64(std::string_view s) {
     return false;
   }
   const std::size_t pad = s.find('=');
-  if (pad != std::string_view::npos && (pad + 2 < s.size() || s.substr(pad) != (pad + 1 == s.size() ? "=" : "=="))) {
+  if (pad != std::string_view::npos &&
+      (pad + 2 < s.size() || s.substr(pad) != (pad + 1 == s.size() ? "=" : "=="))) {
     return false;
   }
   for (char c : s.substr(0, pad)) {
@@ -305,7 +306,8 @@ bool Compiler::compile(const json::value& doc, CompiledPolicy& out) {
   variables_ = out.version == kVersion2012;
   if (const json::value* v = o.if_contains("Id")) {
     if (!v->is_string() || v->get_string().size() > kMaxStringBytes) {
-      return fail("Id", "expected a string of at most " + std::to_string(kMaxStringBytes) + " bytes");
+      return fail("Id",
+                  "expected a string of at most " + std::to_string(kMaxStringBytes) + " bytes");
     }
   }
   const json::value* st = o.if_contains("Statement");
@@ -353,9 +355,9 @@ bool Compiler::statement(const json::value& v, const std::string& path, Statemen
     return fail(path, "a statement must be an object");
   }
   const json::object& o = v.get_object();
-  static constexpr std::string_view kKeys[] = {"Sid",         "Effect",   "Principal",
-                                               "NotPrincipal", "Action",   "NotAction",
-                                               "Resource",    "NotResource", "Condition"};
+  static constexpr std::string_view kKeys[] = {"Sid",          "Effect",      "Principal",
+                                               "NotPrincipal", "Action",      "NotAction",
+                                               "Resource",     "NotResource", "Condition"};
   for (const auto& [key, value] : o) {
     if (std::find(std::begin(kKeys), std::end(kKeys), std::string_view(key)) == std::end(kKeys)) {
       return fail(child(path, key),
@@ -364,16 +366,16 @@ bool Compiler::statement(const json::value& v, const std::string& path, Statemen
     }
   }
   // Exactly one of a pair (or at most one, when optional).
-  auto pick = [&](std::string_view a, std::string_view b, bool required,
-                  const json::value*& found, bool& is_b) {
+  auto pick = [&](std::string_view a, std::string_view b, bool required, const json::value*& found,
+                  bool& is_b) {
     const json::value* va = o.if_contains(a);
     const json::value* vb = o.if_contains(b);
     if (va != nullptr && vb != nullptr) {
       return fail(child(path, b), std::string(a) + " and " + std::string(b) + " are exclusive");
     }
     if (required && va == nullptr && vb == nullptr) {
-      return fail(child(path, a), "missing (a statement needs " + std::string(a) + " or " +
-                                      std::string(b) + ")");
+      return fail(child(path, a),
+                  "missing (a statement needs " + std::string(a) + " or " + std::string(b) + ")");
     }
     found = va != nullptr ? va : vb;
     is_b = vb != nullptr;
@@ -442,9 +444,11 @@ bool Compiler::action(std::string_view a, const std::string& path, Statement& ou
     const std::size_t colon = a.find(':');
     const std::string_view service = a.substr(0, colon);
     if (colon == std::string_view::npos || service.empty() || colon + 1 == a.size() ||
-        service.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") !=
+        service.find_first_not_of(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") !=
             std::string_view::npos) {
-      return fail(path, "expected \"*\" or \"service:action\" (e.g. \"s3:GetObject\", \"s3:Get*\")");
+      return fail(path,
+                  "expected \"*\" or \"service:action\" (e.g. \"s3:GetObject\", \"s3:Get*\")");
     }
   }
   std::string pattern;
@@ -510,8 +514,9 @@ bool Compiler::principal(const json::value& v, const std::string& path, Principa
         return fail(ep, "expected \"*\", a 12-digit account id or an ARN");
       }
       if (has_wildcard(s)) {
-        return fail(ep, "wildcards are not allowed in a principal ARN (use \"*\" and a Condition "
-                        "on aws:PrincipalArn)");
+        return fail(ep,
+                    "wildcards are not allowed in a principal ARN (use \"*\" and a Condition "
+                    "on aws:PrincipalArn)");
       }
       std::string arn(s);
       detail::normalize_partition(arn);
@@ -567,12 +572,12 @@ bool Compiler::conditions(const json::value& v, const std::string& path, Stateme
     for (const auto& [key, values] : body.get_object()) {
       const std::string key_path = child(op_path, key);
       if (key.empty() || key.size() > kMaxKeyBytes) {
-        return fail(key_path, "a condition key must be 1 to " + std::to_string(kMaxKeyBytes) +
-                                  " bytes");
+        return fail(key_path,
+                    "a condition key must be 1 to " + std::to_string(kMaxKeyBytes) + " bytes");
       }
       if (out.conditions.size() >= kMaxConditions) {
-        return fail(key_path, "more than " + std::to_string(kMaxConditions) +
-                                  " conditions in one statement");
+        return fail(key_path,
+                    "more than " + std::to_string(kMaxConditions) + " conditions in one statement");
       }
       Condition c;
       c.kind = info->kind;
@@ -582,9 +587,9 @@ bool Compiler::conditions(const json::value& v, const std::string& path, Stateme
       c.set = set;
       c.key = std::string(key);
       detail::lower_ascii(c.key);
-      const bool ok = each_value(values, key_path, true, [&](std::string_view s, const std::string& p) {
-        return condition_value(s, p, c);
-      });
+      const bool ok = each_value(
+          values, key_path, true,
+          [&](std::string_view s, const std::string& p) { return condition_value(s, p, c); });
       if (!ok) {
         return false;
       }
@@ -661,7 +666,8 @@ bool Compiler::make_template(std::string_view raw, bool glob, const std::string&
     const std::size_t open = raw.find("${", pos);
     if (open != pos) {
       const std::size_t end = open == std::string_view::npos ? raw.size() : open;
-      out.segments.push_back({Segment::Kind::kText, std::string(raw.substr(pos, end - pos)), false, {}});
+      out.segments.push_back(
+          {Segment::Kind::kText, std::string(raw.substr(pos, end - pos)), false, {}});
       if (open == std::string_view::npos) {
         break;
       }
@@ -677,9 +683,9 @@ bool Compiler::make_template(std::string_view raw, bool glob, const std::string&
     i = stop;
     if (raw[i] == ',') {
       i = raw.find_first_not_of(' ', i + 1);
-      const std::size_t quote_end =
-          i == std::string_view::npos || raw[i] != '\'' ? std::string_view::npos
-                                                        : raw.find('\'', i + 1);
+      const std::size_t quote_end = i == std::string_view::npos || raw[i] != '\''
+                                        ? std::string_view::npos
+                                        : raw.find('\'', i + 1);
       const std::size_t close = quote_end == std::string_view::npos
                                     ? std::string_view::npos
                                     : raw.find_first_not_of(' ', quote_end + 1);

@@ -111,8 +111,9 @@ TEST(PolicyParse, RefusesWithJsonPaths) {
             "Statement[0].NotAction: Action and NotAction are exclusive");
   EXPECT_EQ(refusal(doc(R"({"Effect":"Allow","Action":"*"})")),
             "Statement[0].Resource: missing (a statement needs Resource or NotResource)");
-  EXPECT_EQ(refusal(doc(allow_stmt("", "s3"))),
-            R"(Statement[0].Action: expected "*" or "service:action" (e.g. "s3:GetObject", "s3:Get*"))");
+  EXPECT_EQ(
+      refusal(doc(allow_stmt("", "s3"))),
+      R"(Statement[0].Action: expected "*" or "service:action" (e.g. "s3:GetObject", "s3:Get*"))");
   EXPECT_EQ(refusal(doc(R"({"Effect":"Allow","Action":["s3:GetObject",7],"Resource":"*"})")),
             "Statement[0].Action[1]: expected a string");
   EXPECT_EQ(refusal(doc(R"({"Effect":"Allow","Action":[],"Resource":"*"})")),
@@ -218,13 +219,14 @@ TEST(PolicyParse, HostileInput) {
     deep += R"({"a":)";
   }
   deep += "1" + std::string(20, '}') + "}]}";
-  EXPECT_EQ(refusal(deep),
-            "Statement[0].Condition.a.a.a.a.a: nested deeper than 8 levels");
+  EXPECT_EQ(refusal(deep), "Statement[0].Condition.a.a.a.a.a: nested deeper than 8 levels");
   const std::string arrays = std::string(5000, '[') + std::string(5000, ']');
   EXPECT_EQ(refusal(arrays), "[0][0][0][0][0][0][0][0]: nested deeper than 8 levels");
   // Duplicate keys, which Boost.JSON's DOM would silently collapse.
-  EXPECT_EQ(refusal(R"({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Effect":"Deny","Action":"*","Resource":"*"}]})"),
-            "Statement[0].Effect: duplicate key");
+  EXPECT_EQ(
+      refusal(
+          R"({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Effect":"Deny","Action":"*","Resource":"*"}]})"),
+      "Statement[0].Effect: duplicate key");
   EXPECT_EQ(refusal(doc(allow_stmt(R"("Condition":{"StringEquals":{"k":"a","k":"b"}})"))),
             "Statement[0].Condition.StringEquals.k: duplicate key");
   // Huge arrays.
@@ -259,7 +261,8 @@ TEST(PolicyParse, HostileInput) {
 // ---- matching ---------------------------------------------------------------------------------
 
 TEST(PolicyMatch, ActionsCaseInsensitiveWithWildcards) {
-  const Policy p = must_parse(doc(allow_stmt("", "S3:Get*") + "," + allow_stmt("", "lambda:Invoke?unction")));
+  const Policy p =
+      must_parse(doc(allow_stmt("", "S3:Get*") + "," + allow_stmt("", "lambda:Invoke?unction")));
   EXPECT_TRUE(allowed(p, request("s3:getobject", "arn:gatehouse:s3:::b/k")));
   EXPECT_TRUE(allowed(p, request("S3:GETOBJECTACL", "arn:gatehouse:s3:::b/k")));
   EXPECT_TRUE(allowed(p, request("s3:Get", "arn:gatehouse:s3:::b/k")));
@@ -317,15 +320,16 @@ TEST(PolicyCondition, StringOperators) {
   EXPECT_TRUE(condition_allows(R"({"StringNotEquals":{"aws:username":["bob","carol"]}})", alice));
   EXPECT_FALSE(condition_allows(R"({"StringNotEquals":{"aws:username":["bob","alice"]}})", alice));
   EXPECT_TRUE(condition_allows(R"({"StringEqualsIgnoreCase":{"aws:username":"ALICE"}})", alice));
-  EXPECT_FALSE(condition_allows(R"({"StringNotEqualsIgnoreCase":{"aws:username":"ALICE"}})", alice));
+  EXPECT_FALSE(
+      condition_allows(R"({"StringNotEqualsIgnoreCase":{"aws:username":"ALICE"}})", alice));
   EXPECT_TRUE(condition_allows(R"({"StringLike":{"aws:username":"a*e"}})", alice));
   EXPECT_TRUE(condition_allows(R"({"StringLike":{"aws:username":"al?ce"}})", alice));
   EXPECT_FALSE(condition_allows(R"({"StringLike":{"aws:username":"A*"}})", alice));
   EXPECT_TRUE(condition_allows(R"({"StringNotLike":{"aws:username":"b*"}})", alice));
   EXPECT_FALSE(condition_allows(R"({"StringNotLike":{"aws:username":"a*"}})", alice));
   // Numbers and booleans in the policy compare as their text.
-  EXPECT_TRUE(condition_allows(R"({"StringEquals":{"s3:max-keys":10}})",
-                               ctx({{"s3:max-keys", {"10"}}})));
+  EXPECT_TRUE(
+      condition_allows(R"({"StringEquals":{"s3:max-keys":10}})", ctx({{"s3:max-keys", {"10"}}})));
 }
 
 TEST(PolicyCondition, MissingKeyAndIfExists) {
@@ -358,25 +362,31 @@ TEST(PolicyCondition, NumericOperators) {
   EXPECT_FALSE(condition_allows(R"({"NumericGreaterThan":{"s3:max-keys":10}})", n));
   EXPECT_TRUE(condition_allows(R"({"NumericGreaterThanEquals":{"s3:max-keys":"1e1"}})", n));
   // A request value that is not a number matches nothing.
-  EXPECT_FALSE(condition_allows(R"({"NumericEquals":{"s3:max-keys":10}})",
-                                ctx({{"s3:max-keys", {"ten"}}})));
+  EXPECT_FALSE(
+      condition_allows(R"({"NumericEquals":{"s3:max-keys":10}})", ctx({{"s3:max-keys", {"ten"}}})));
 }
 
 TEST(PolicyCondition, DateOperators) {
   const Context t = ctx({{"aws:CurrentTime", {"2024-05-01T12:00:00Z"}}});
-  EXPECT_TRUE(condition_allows(R"({"DateEquals":{"aws:CurrentTime":"2024-05-01T14:00:00+02:00"}})", t));
+  EXPECT_TRUE(
+      condition_allows(R"({"DateEquals":{"aws:CurrentTime":"2024-05-01T14:00:00+02:00"}})", t));
   EXPECT_TRUE(condition_allows(R"({"DateEquals":{"aws:CurrentTime":"1714564800"}})", t));
   EXPECT_FALSE(condition_allows(R"({"DateNotEquals":{"aws:CurrentTime":"1714564800"}})", t));
   EXPECT_TRUE(condition_allows(R"({"DateLessThan":{"aws:CurrentTime":"2024-05-02"}})", t));
-  EXPECT_FALSE(condition_allows(R"({"DateLessThan":{"aws:CurrentTime":"2024-05-01T12:00:00Z"}})", t));
-  EXPECT_TRUE(condition_allows(R"({"DateLessThanEquals":{"aws:CurrentTime":"2024-05-01T12:00:00Z"}})", t));
-  EXPECT_TRUE(condition_allows(R"({"DateGreaterThan":{"aws:CurrentTime":"2024-05-01T11:59:59.999Z"}})", t));
+  EXPECT_FALSE(
+      condition_allows(R"({"DateLessThan":{"aws:CurrentTime":"2024-05-01T12:00:00Z"}})", t));
+  EXPECT_TRUE(
+      condition_allows(R"({"DateLessThanEquals":{"aws:CurrentTime":"2024-05-01T12:00:00Z"}})", t));
+  EXPECT_TRUE(
+      condition_allows(R"({"DateGreaterThan":{"aws:CurrentTime":"2024-05-01T11:59:59.999Z"}})", t));
   EXPECT_TRUE(condition_allows(R"({"DateGreaterThanEquals":{"aws:CurrentTime":1714564800}})", t));
-  EXPECT_FALSE(condition_allows(R"({"DateGreaterThan":{"aws:CurrentTime":"2024-05-01T12:00:00.001Z"}})", t));
+  EXPECT_FALSE(
+      condition_allows(R"({"DateGreaterThan":{"aws:CurrentTime":"2024-05-01T12:00:00.001Z"}})", t));
   // Epoch seconds in the request work too (aws:EpochTime).
   EXPECT_TRUE(condition_allows(R"({"DateLessThan":{"aws:EpochTime":"2030-01-01T00:00:00Z"}})",
                                ctx({{"aws:EpochTime", {"1714564800"}}})));
-  EXPECT_TRUE(condition_allows(R"({"DateGreaterThan":{"aws:CurrentTime":"2024-02-29T00:00:00Z"}})", t));
+  EXPECT_TRUE(
+      condition_allows(R"({"DateGreaterThan":{"aws:CurrentTime":"2024-02-29T00:00:00Z"}})", t));
 }
 
 TEST(PolicyCondition, BoolBinaryNull) {
@@ -386,7 +396,8 @@ TEST(PolicyCondition, BoolBinaryNull) {
   EXPECT_FALSE(condition_allows(R"({"Bool":{"aws:SecureTransport":false}})", secure));
   EXPECT_FALSE(condition_allows(R"({"Bool":{"aws:SecureTransport":"false"}})", Context{}));
   EXPECT_TRUE(condition_allows(R"({"BinaryEquals":{"k":"QmluYXJ5"}})", ctx({{"k", {"QmluYXJ5"}}})));
-  EXPECT_FALSE(condition_allows(R"({"BinaryEquals":{"k":"QmluYXJ5"}})", ctx({{"k", {"QmluYXJz"}}})));
+  EXPECT_FALSE(
+      condition_allows(R"({"BinaryEquals":{"k":"QmluYXJ5"}})", ctx({{"k", {"QmluYXJz"}}})));
   EXPECT_TRUE(condition_allows(R"({"Null":{"aws:TokenIssueTime":"true"}})", Context{}));
   EXPECT_FALSE(condition_allows(R"({"Null":{"aws:TokenIssueTime":"true"}})",
                                 ctx({{"aws:TokenIssueTime", {"x"}}})));
@@ -397,7 +408,8 @@ TEST(PolicyCondition, BoolBinaryNull) {
 
 TEST(PolicyCondition, IpAddress) {
   auto from = [](const std::string& ip) { return ctx({{"aws:SourceIp", {ip}}}); };
-  const std::string nets = R"({"IpAddress":{"aws:SourceIp":["10.0.0.0/8","2001:db8::/32","192.0.2.7"]}})";
+  const std::string nets =
+      R"({"IpAddress":{"aws:SourceIp":["10.0.0.0/8","2001:db8::/32","192.0.2.7"]}})";
   EXPECT_TRUE(condition_allows(nets, from("10.1.2.3")));
   EXPECT_FALSE(condition_allows(nets, from("11.0.0.1")));
   EXPECT_TRUE(condition_allows(nets, from("2001:db8:1::5")));
@@ -406,10 +418,14 @@ TEST(PolicyCondition, IpAddress) {
   EXPECT_FALSE(condition_allows(nets, from("192.0.2.8")));
   EXPECT_TRUE(condition_allows(nets, from("::ffff:10.9.9.9")));  // IPv4-mapped
   EXPECT_FALSE(condition_allows(nets, from("not-an-ip")));
-  EXPECT_TRUE(condition_allows(R"({"IpAddress":{"aws:SourceIp":"172.16.0.0/12"}})", from("172.31.255.255")));
-  EXPECT_FALSE(condition_allows(R"({"IpAddress":{"aws:SourceIp":"172.16.0.0/12"}})", from("172.32.0.0")));
-  EXPECT_TRUE(condition_allows(R"({"NotIpAddress":{"aws:SourceIp":"10.0.0.0/8"}})", from("192.0.2.1")));
-  EXPECT_FALSE(condition_allows(R"({"NotIpAddress":{"aws:SourceIp":"10.0.0.0/8"}})", from("10.0.0.1")));
+  EXPECT_TRUE(condition_allows(R"({"IpAddress":{"aws:SourceIp":"172.16.0.0/12"}})",
+                               from("172.31.255.255")));
+  EXPECT_FALSE(
+      condition_allows(R"({"IpAddress":{"aws:SourceIp":"172.16.0.0/12"}})", from("172.32.0.0")));
+  EXPECT_TRUE(
+      condition_allows(R"({"NotIpAddress":{"aws:SourceIp":"10.0.0.0/8"}})", from("192.0.2.1")));
+  EXPECT_FALSE(
+      condition_allows(R"({"NotIpAddress":{"aws:SourceIp":"10.0.0.0/8"}})", from("10.0.0.1")));
   EXPECT_TRUE(condition_allows(R"({"IpAddress":{"aws:SourceIp":"0.0.0.0/0"}})", from("8.8.8.8")));
   EXPECT_FALSE(condition_allows(R"({"IpAddress":{"aws:SourceIp":"0.0.0.0/0"}})", from("::1")));
 }
@@ -421,9 +437,11 @@ TEST(PolicyCondition, ArnOperatorsAreComponentWise) {
   EXPECT_TRUE(condition_allows(like, src("arn:aws:s3:::uploads-2")));
   EXPECT_FALSE(condition_allows(like, src("arn:gatehouse:s3:us-east-1::uploads")));
   // '*' in one component cannot swallow the next one.
-  const std::string region = R"({"ArnLike":{"aws:SourceArn":"arn:gatehouse:lambda:*:000000000000:function:f"}})";
+  const std::string region =
+      R"({"ArnLike":{"aws:SourceArn":"arn:gatehouse:lambda:*:000000000000:function:f"}})";
   EXPECT_TRUE(condition_allows(region, src("arn:gatehouse:lambda:local:000000000000:function:f")));
-  EXPECT_FALSE(condition_allows(region, src("arn:gatehouse:lambda:local:x:000000000000:function:f")));
+  EXPECT_FALSE(
+      condition_allows(region, src("arn:gatehouse:lambda:local:x:000000000000:function:f")));
   EXPECT_TRUE(condition_allows(R"({"ArnEquals":{"aws:SourceArn":"arn:aws:sqs:r:1:q"}})",
                                src("arn:gatehouse:sqs:r:1:q")));
   EXPECT_FALSE(condition_allows(R"({"ArnEquals":{"aws:SourceArn":"arn:aws:sqs:r:1:q"}})",
@@ -461,7 +479,8 @@ TEST(PolicyCondition, SetPrefixes) {
   EXPECT_FALSE(condition_allows(any_not, ctx({{"aws:TagKeys", {"env"}}})));
   EXPECT_FALSE(condition_allows(any_not, none));
   EXPECT_TRUE(condition_allows(R"({"ForAnyValue:StringLike":{"aws:TagKeys":"te*"}})", tags));
-  EXPECT_TRUE(condition_allows(R"({"ForAllValues:StringLikeIfExists":{"aws:TagKeys":"*e*"}})", tags));
+  EXPECT_TRUE(
+      condition_allows(R"({"ForAllValues:StringLikeIfExists":{"aws:TagKeys":"*e*"}})", tags));
   // Without a prefix on a multivalued key: positive = some value matches, negated = none does.
   EXPECT_TRUE(condition_allows(R"({"StringEquals":{"aws:TagKeys":"team"}})", tags));
   EXPECT_FALSE(condition_allows(R"({"StringNotEquals":{"aws:TagKeys":"team"}})", tags));
@@ -470,20 +489,23 @@ TEST(PolicyCondition, SetPrefixes) {
 TEST(PolicyCondition, KeysAndOperatorsAreAndedValuesOred) {
   const std::string c =
       R"({"StringEquals":{"aws:username":["alice","bob"],"gatehouse:Route":"upload"},"Bool":{"aws:SecureTransport":"true"}})";
-  EXPECT_TRUE(condition_allows(
-      c, ctx({{"aws:username", {"bob"}}, {"gatehouse:Route", {"upload"}}, {"aws:SecureTransport", {"true"}}})));
-  EXPECT_FALSE(condition_allows(
-      c, ctx({{"aws:username", {"bob"}}, {"gatehouse:Route", {"upload"}}, {"aws:SecureTransport", {"false"}}})));
-  EXPECT_FALSE(condition_allows(
-      c, ctx({{"aws:username", {"bob"}}, {"gatehouse:Route", {"other"}}, {"aws:SecureTransport", {"true"}}})));
+  EXPECT_TRUE(condition_allows(c, ctx({{"aws:username", {"bob"}},
+                                       {"gatehouse:Route", {"upload"}},
+                                       {"aws:SecureTransport", {"true"}}})));
+  EXPECT_FALSE(condition_allows(c, ctx({{"aws:username", {"bob"}},
+                                        {"gatehouse:Route", {"upload"}},
+                                        {"aws:SecureTransport", {"false"}}})));
+  EXPECT_FALSE(condition_allows(c, ctx({{"aws:username", {"bob"}},
+                                        {"gatehouse:Route", {"other"}},
+                                        {"aws:SecureTransport", {"true"}}})));
 }
 
 // ---- policy variables -------------------------------------------------------------------------
 
 TEST(PolicyVariables, ResolveInResourceAndCondition) {
-  const Policy p = must_parse(doc(allow_stmt(
-      R"("Condition":{"StringEquals":{"s3:prefix":"home/${aws:username}/"}})", "s3:*",
-      "arn:aws:s3:::bucket/home/${aws:username}/*")));
+  const Policy p = must_parse(
+      doc(allow_stmt(R"("Condition":{"StringEquals":{"s3:prefix":"home/${aws:username}/"}})",
+                     "s3:*", "arn:aws:s3:::bucket/home/${aws:username}/*")));
   Request r = request("s3:GetObject", "arn:gatehouse:s3:::bucket/home/alice/photo.jpg");
   r.context.set("aws:username", "alice");
   r.context.set("s3:prefix", "home/alice/");
@@ -506,12 +528,12 @@ TEST(PolicyVariables, ValuesAreLiteralNotWildcards) {
 }
 
 TEST(PolicyVariables, DefaultsEscapesAndDerivedKeys) {
-  const Policy p = must_parse(doc(
-      allow_stmt("", "*", "arn:aws:s3:::b/${aws:PrincipalTag/team, 'shared'}/*") + "," +
-      allow_stmt(R"("Condition":{"StringEquals":{"k":"a${*}b${?}c${$}"}})", "x:esc") + "," +
-      allow_stmt(R"("Condition":{"StringLike":{"k":"${*}*"}})", "x:like") + "," +
-      allow_stmt(R"("Condition":{"StringEquals":{"k":"${aws:PrincipalArn}"}})", "x:arn") + "," +
-      allow_stmt("", "x:sub", "arn:aws:s3:::b/${cognito-identity.amazonaws.com:sub}")));
+  const Policy p = must_parse(
+      doc(allow_stmt("", "*", "arn:aws:s3:::b/${aws:PrincipalTag/team, 'shared'}/*") + "," +
+          allow_stmt(R"("Condition":{"StringEquals":{"k":"a${*}b${?}c${$}"}})", "x:esc") + "," +
+          allow_stmt(R"("Condition":{"StringLike":{"k":"${*}*"}})", "x:like") + "," +
+          allow_stmt(R"("Condition":{"StringEquals":{"k":"${aws:PrincipalArn}"}})", "x:arn") + "," +
+          allow_stmt("", "x:sub", "arn:aws:s3:::b/${cognito-identity.amazonaws.com:sub}")));
   Request r = request("s3:GetObject", "arn:gatehouse:s3:::b/shared/x");
   EXPECT_TRUE(allowed(p, r));
   r.principal.tags = {{"Team", "red"}};
@@ -539,7 +561,8 @@ TEST(PolicyVariables, DefaultsEscapesAndDerivedKeys) {
 }
 
 TEST(PolicyVariables, LiteralUnder2008) {
-  const Policy p = must_parse(doc(allow_stmt("", "*", "arn:aws:s3:::b/${aws:username}/*"), "2008-10-17"));
+  const Policy p =
+      must_parse(doc(allow_stmt("", "*", "arn:aws:s3:::b/${aws:username}/*"), "2008-10-17"));
   Request r = request("s3:GetObject", "arn:gatehouse:s3:::b/alice/x");
   r.context.set("aws:username", "alice");
   EXPECT_FALSE(allowed(p, r));
@@ -559,10 +582,11 @@ TEST(PolicyVariables, NotInActions) {
 // ---- evaluation -------------------------------------------------------------------------------
 
 TEST(PolicyEvaluate, DenyBeatsAllowAndImplicitDeny) {
-  const Policy allow_all = must_parse(doc(allow_stmt(R"("Sid":"All")")), PolicyKind::kIdentity, "allow-all");
-  const Policy deny_delete = must_parse(
-      doc(R"({"Sid":"NoDelete","Effect":"Deny","Action":"s3:Delete*","Resource":"*"})"),
-      PolicyKind::kIdentity, "guard");
+  const Policy allow_all =
+      must_parse(doc(allow_stmt(R"("Sid":"All")")), PolicyKind::kIdentity, "allow-all");
+  const Policy deny_delete =
+      must_parse(doc(R"({"Sid":"NoDelete","Effect":"Deny","Action":"s3:Delete*","Resource":"*"})"),
+                 PolicyKind::kIdentity, "guard");
   const Request get = request("s3:GetObject", "arn:gatehouse:s3:::b/k");
   const Request del = request("s3:DeleteObject", "arn:gatehouse:s3:::b/k");
   Decision d = decide(get, {&allow_all, &deny_delete});
@@ -599,7 +623,8 @@ TEST(PolicyEvaluate, IdentityAndResourcePoliciesCombine) {
       doc(R"({"Sid":"Writer","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::000000000000:role/writer"},"Action":"s3:PutObject","Resource":"arn:aws:s3:::b/*"})"),
       PolicyKind::kResource, "bucket:b");
   // Allowed by the identity policy alone.
-  Decision d = decide(request("s3:GetObject", "arn:gatehouse:s3:::b/k", {role}), {&identity}, &bucket);
+  Decision d =
+      decide(request("s3:GetObject", "arn:gatehouse:s3:::b/k", {role}), {&identity}, &bucket);
   EXPECT_EQ(d.effect, Effect::kAllow);
   EXPECT_FALSE(d.resource_policy);
   // Allowed by the resource policy alone (its principal matches).
@@ -626,8 +651,9 @@ TEST(PolicyEvaluate, IdentityAndResourcePoliciesCombine) {
 }
 
 TEST(PolicyEvaluate, PrincipalKinds) {
-  const Policy p = must_parse(doc(
-      R"({"Sid":"Acct","Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"x:acct","Resource":"*"},
+  const Policy p = must_parse(
+      doc(
+          R"({"Sid":"Acct","Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"x:acct","Resource":"*"},
          {"Sid":"Root","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::444455556666:root"},"Action":"x:root","Resource":"*"},
          {"Sid":"Svc","Effect":"Allow","Principal":{"Service":["states.amazonaws.com"]},"Action":"x:svc","Resource":"*"},
          {"Sid":"Fed","Effect":"Allow","Principal":{"Federated":"cognito-identity.amazonaws.com"},"Action":"x:fed","Resource":"*"},
@@ -644,13 +670,17 @@ TEST(PolicyEvaluate, PrincipalKinds) {
   EXPECT_TRUE(ok("x:acct", Principal{{}, {}, {}, "111122223333", {}}));
   EXPECT_TRUE(ok("x:root", Principal{{"arn:aws:iam::444455556666:user/u"}, {}, {}, {}, {}}));
   EXPECT_TRUE(ok("x:svc", Principal{{}, {"states.amazonaws.com"}, {}, {}, {}}));
-  EXPECT_FALSE(ok("x:svc", Principal{{"arn:gatehouse:iam::0:role/states.amazonaws.com"}, {}, {}, {}, {}}));
+  EXPECT_FALSE(
+      ok("x:svc", Principal{{"arn:gatehouse:iam::0:role/states.amazonaws.com"}, {}, {}, {}, {}}));
   EXPECT_TRUE(ok("x:fed", Principal{{}, {}, {"cognito-identity.amazonaws.com"}, {}, {}}));
   EXPECT_TRUE(ok("x:any", Principal{}));  // anonymous matches "*"
   EXPECT_FALSE(ok("x:acct", Principal{}));
-  EXPECT_TRUE(ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:user/pool/alice"}, {}, {}, {}, {}}));
-  EXPECT_TRUE(ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:apikey/ci"}, {}, {}, {}, {}}));
-  EXPECT_FALSE(ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:user/pool/Alice"}, {}, {}, {}, {}}));
+  EXPECT_TRUE(
+      ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:user/pool/alice"}, {}, {}, {}, {}}));
+  EXPECT_TRUE(
+      ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:apikey/ci"}, {}, {}, {}, {}}));
+  EXPECT_FALSE(
+      ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:user/pool/Alice"}, {}, {}, {}, {}}));
 }
 
 // The bucket lock-down pattern: a Deny with NotPrincipal refuses everyone but the named role,
@@ -667,7 +697,8 @@ TEST(PolicyEvaluate, BucketLockDownWithDenyNotPrincipal) {
        "Principal":{"AWS":"arn:aws:iam::000000000000:role/upload"},
        "Action":"s3:PutObject","Resource":"arn:aws:s3:::images/*"})"),
                                    PolicyKind::kResource, "bucket:images");
-  const Policy admin = must_parse(doc(allow_stmt(R"("Sid":"Admin")")), PolicyKind::kIdentity, "admin");
+  const Policy admin =
+      must_parse(doc(allow_stmt(R"("Sid":"Admin")")), PolicyKind::kIdentity, "admin");
   const std::string key = "arn:gatehouse:s3:::images/u/1.jpg";
   // The upload role, by its role ARN or as its session (listing any one ARN suffices).
   Decision d = decide(request("s3:PutObject", key, {upload_role, upload_session}), {}, &bucket);
@@ -676,8 +707,8 @@ TEST(PolicyEvaluate, BucketLockDownWithDenyNotPrincipal) {
   d = decide(request("s3:PutObject", key, {upload_session}), {}, &bucket);
   EXPECT_EQ(d.effect, Effect::kImplicitDeny) << d.explain();  // not denied, but not allowed either
   // Anyone else is denied, even with an admin identity policy allowing everything.
-  d = decide(request("s3:PutObject", key, {"arn:gatehouse:iam::000000000000:role/admin"}),
-             {&admin}, &bucket);
+  d = decide(request("s3:PutObject", key, {"arn:gatehouse:iam::000000000000:role/admin"}), {&admin},
+             &bucket);
   EXPECT_EQ(d.effect, Effect::kExplicitDeny);
   EXPECT_EQ(d.explain(),
             "explicit deny: resource policy 'bucket:images' statement 'OnlyUploadWrites' "
@@ -685,13 +716,13 @@ TEST(PolicyEvaluate, BucketLockDownWithDenyNotPrincipal) {
   d = decide(request("s3:PutObject", key, {}), {&admin}, &bucket);  // anonymous
   EXPECT_EQ(d.effect, Effect::kExplicitDeny);
   // A different session name of the same role is not listed.
-  d = decide(request("s3:PutObject", key,
-                     {"arn:gatehouse:sts::000000000000:assumed-role/upload/other"}),
-             {&admin}, &bucket);
+  d = decide(
+      request("s3:PutObject", key, {"arn:gatehouse:sts::000000000000:assumed-role/upload/other"}),
+      {&admin}, &bucket);
   EXPECT_EQ(d.effect, Effect::kExplicitDeny);
   // Reads are outside the deny: the admin's identity policy allows them.
-  d = decide(request("s3:GetObject", key, {"arn:gatehouse:iam::000000000000:role/admin"}),
-             {&admin}, &bucket);
+  d = decide(request("s3:GetObject", key, {"arn:gatehouse:iam::000000000000:role/admin"}), {&admin},
+             &bucket);
   EXPECT_EQ(d.effect, Effect::kAllow);
 }
 
