@@ -100,6 +100,7 @@ int simulate(const SimulateArgs& a) {
     r.context.set("aws:CurrentTime", std::string(buf));
   }
   std::vector<const policy::Policy*> ids;
+  ids.reserve(identity.size());
   for (const auto& p : identity) {
     ids.push_back(&p);
   }

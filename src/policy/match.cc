@@ -158,7 +158,7 @@ std::optional<std::int64_t> parse_iso8601(std::string_view s) noexcept {
   if (!take_digits(s, pos, 2, zm) || pos != s.size() || zh > 23 || zm > 59) {
     return std::nullopt;
   }
-  return ms - sign * (zh * 3600 + zm * 60) * std::int64_t{1000};
+  return ms - std::int64_t{sign} * (zh * 3600 + zm * 60) * 1000;
 }
 
 }  // namespace

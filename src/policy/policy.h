@@ -21,8 +21,8 @@
 namespace gatehouse::policy {
 
 // Bounds on untrusted documents. A document over any of them is refused.
-inline constexpr std::size_t kMaxPolicyBytes = 20 * 1024;  // S3's bucket policy limit
-inline constexpr std::size_t kMaxDepth = 8;                // JSON nesting; a valid policy needs 6
+inline constexpr std::size_t kMaxPolicyBytes = 20480;  // S3's bucket policy limit
+inline constexpr std::size_t kMaxDepth = 8;            // JSON nesting; a valid policy needs 6
 inline constexpr std::size_t kMaxStatements = 100;
 inline constexpr std::size_t kMaxValues = 500;  // entries in one Action/Resource/... or value list
 inline constexpr std::size_t kMaxConditions = 64;     // (operator, key) pairs in one statement
