@@ -188,9 +188,8 @@ bool is_base64(std::string_view s) {
   if (s.empty() || s.size() % 4 != 0) {
     return false;
   }
-  const std::size_t pad = s.find('=');
-  if (pad != std::string_view::npos &&
-      (pad + 2 < s.size() || s.substr(pad) != (pad + 1 == s.size() ? "=" : "=="))) {
+  const std::size_t pad = s.find('=');  // padding: only a final "=" or "=="
+  if (pad != std::string_view::npos && s.substr(pad) != "=" && s.substr(pad) != "==") {
     return false;
   }
   for (char c : s.substr(0, pad)) {

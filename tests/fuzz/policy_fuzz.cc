@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "policy/compiled.h"
 #include "policy/policy.h"
 
 namespace {
@@ -40,10 +41,57 @@ std::vector<policy::Request> requests(std::string_view text) {
   return out;
 }
 
+// Reference glob matcher for the differential check: a plain dynamic program over the tokens
+// ('*', '?', '\\x' literal x, other bytes literal), quadratic but obviously right.
+bool reference_glob(std::string_view pattern, std::string_view subject, bool fold) {
+  struct Token {
+    char kind;  // '*', '?' or 'c'
+    char c;
+  };
+  std::vector<Token> tokens;
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '*' || pattern[i] == '?') {
+      tokens.push_back({pattern[i], 0});
+    } else if (pattern[i] == '\\' && i + 1 < pattern.size()) {
+      tokens.push_back({'c', pattern[++i]});
+    } else {
+      tokens.push_back({'c', pattern[i]});
+    }
+  }
+  auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; };
+  // match[j]: tokens[0..i) match subject[0..j).
+  std::vector<char> match(subject.size() + 1, 0);
+  match[0] = 1;
+  for (const Token& t : tokens) {
+    std::vector<char> next(subject.size() + 1, 0);
+    for (std::size_t j = 0; j <= subject.size(); ++j) {
+      if (t.kind == '*') {
+        next[j] = match[j] || (j > 0 && next[j - 1]);
+      } else if (j > 0 && match[j - 1]) {
+        const char sc = fold ? lower(subject[j - 1]) : subject[j - 1];
+        next[j] = t.kind == '?' || t.c == sc;
+      }
+    }
+    match = std::move(next);
+  }
+  return match[subject.size()] != 0;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
+  {
+    // Differential: the engine's glob matcher against the reference, on small slices.
+    const std::string_view head = text.substr(0, 64);
+    const std::string_view pattern = head.substr(0, head.size() / 2);
+    const std::string_view subject = head.substr(head.size() / 2);
+    const bool fold = (size & 1) != 0;
+    if (gatehouse::policy::detail::glob_match(pattern, subject, fold) !=
+        reference_glob(pattern, subject, fold)) {
+      __builtin_trap();
+    }
+  }
   const auto parsed = policy::parse_policy(text, "fuzz");
   if (!parsed) {
     if (parsed.error().message.empty()) {

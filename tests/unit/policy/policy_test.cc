@@ -742,3 +742,37 @@ TEST(PolicyEvaluate, DerivedPrincipalKeys) {
 
 }  // namespace
 }  // namespace gatehouse::policy
+
+namespace gatehouse::policy {
+namespace {
+
+TEST(PolicyParse, OperandEdgeCases) {
+  auto cond_doc = [](const std::string& c) { return doc(allow_stmt(R"("Condition":)" + c)); };
+  must_parse(cond_doc(R"({"BinaryEquals":{"k":["QQ==","QUI=","QUJD"]}})"));
+  EXPECT_EQ(refusal(cond_doc(R"({"BinaryEquals":{"k":"Q=Q="}})")),
+            "Statement[0].Condition.BinaryEquals.k: expected base64");
+  must_parse(cond_doc(R"({"DateEquals":{"aws:CurrentTime":"2024-02-29"}})"));
+  EXPECT_EQ(refusal(cond_doc(R"({"DateEquals":{"aws:CurrentTime":"2023-02-29"}})")),
+            "Statement[0].Condition.DateEquals.aws:CurrentTime: expected an ISO 8601 date or "
+            "epoch seconds");
+  EXPECT_FALSE(
+      parse_policy(cond_doc(R"({"DateEquals":{"aws:CurrentTime":"2024-01-01T25:00:00Z"}})"), "p"));
+  EXPECT_FALSE(parse_policy(cond_doc(R"({"NumericEquals":{"k":"1e999"}})"), "p"));
+  EXPECT_FALSE(parse_policy(cond_doc(R"({"IpAddress":{"aws:SourceIp":"10.0.0.256"}})"), "p"));
+  // A variable operand is checked per request instead.
+  must_parse(cond_doc(R"({"NumericLessThan":{"k":"${gatehouse:Limit}"}})"));
+  // The single-statement form reports paths without an index.
+  EXPECT_EQ(refusal(R"({"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*"}})"),
+            "Statement.Resource: missing (a statement needs Resource or NotResource)");
+}
+
+TEST(PolicyCondition, VariableOperandsParsePerRequest) {
+  const std::string c = R"({"NumericLessThan":{"s3:max-keys":"${gatehouse:Limit}"}})";
+  EXPECT_TRUE(condition_allows(c, ctx({{"s3:max-keys", {"5"}}, {"gatehouse:Limit", {"10"}}})));
+  EXPECT_FALSE(condition_allows(c, ctx({{"s3:max-keys", {"50"}}, {"gatehouse:Limit", {"10"}}})));
+  EXPECT_FALSE(condition_allows(c, ctx({{"s3:max-keys", {"5"}}, {"gatehouse:Limit", {"x"}}})));
+  EXPECT_FALSE(condition_allows(c, ctx({{"s3:max-keys", {"5"}}})));  // unresolved
+}
+
+}  // namespace
+}  // namespace gatehouse::policy
