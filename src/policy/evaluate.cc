@@ -158,8 +158,8 @@ class Evaluator {
   };
 
   // The request's values for a lowercased condition key: the context first, then the keys the
-  // engine derives from the principal (aws:PrincipalArn, aws:PrincipalAccount,
-  // aws:PrincipalTag/<k>).
+  // engine derives from the request (aws:PrincipalArn, aws:PrincipalAccount,
+  // aws:PrincipalTag/<k>, aws:ResourceAccount).
   Values lookup(std::string_view key) {
     if (const std::vector<std::string>* v = r_.context.find(key)) {
       return {v->data(), v->size()};
@@ -167,6 +167,9 @@ class Evaluator {
     const Principal& p = r_.principal;
     if (key == "aws:principalarn" && !p.arns.empty()) {
       return {&p.arns.front(), 1};
+    }
+    if (key == "aws:resourceaccount" && !r_.account.empty()) {
+      return {&r_.account, 1};
     }
     if (key == "aws:principalaccount" && !account_.empty()) {
       account_storage_.assign(account_);

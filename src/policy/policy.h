@@ -106,7 +106,8 @@ struct Request {
   std::string action;    // "s3:GetObject"; matched case-insensitively
   std::string resource;  // an ARN; matched case-sensitively
   Context context;
-  std::string account = std::string(kDefaultAccount);  // this Gatehouse's account id
+  // This Gatehouse's account id: the <account> of its resource ARNs, aws:ResourceAccount.
+  std::string account = std::string(kDefaultAccount);
 };
 
 enum class Effect : std::uint8_t { kAllow, kExplicitDeny, kImplicitDeny };

@@ -738,6 +738,13 @@ TEST(PolicyEvaluate, DerivedPrincipalKeys) {
   r.principal.tags = {{"dept", "eng"}};
   r.context.set("aws:PrincipalAccount", "999999999999");
   EXPECT_FALSE(allowed(p, r));
+
+  const Policy same_account = must_parse(doc(allow_stmt(
+      R"("Condition":{"StringEquals":{"aws:ResourceAccount":"${aws:PrincipalAccount}"}})")));
+  Request own = request("s3:GetObject", "arn:gatehouse:s3:::b/k");
+  EXPECT_TRUE(allowed(same_account, own));  // both default to 000000000000
+  own.account = "123456789012";
+  EXPECT_FALSE(allowed(same_account, own));
 }
 
 }  // namespace
