@@ -11,6 +11,7 @@
 #include <string>
 
 #include "auth/auth.h"
+#include "cli/policy_cmd.h"
 #include "config/config.h"
 #include "gateway/gateway.h"
 #include "store/store.h"
@@ -198,6 +199,13 @@ int main(int argc, char** argv) {
     ka->add_option("--stage", key_args.stages, "Stage (repeat; default all)");
     for (auto* c : {kc, kl, kr, ko, ka}) {
       c->callback([&key_action, c] { key_action = c->get_name(); });
+    }
+
+    // `gatehouse policy ...` has its own parser and exit codes (src/cli/policy_cmd.cc); this
+    // entry only lists it in --help.
+    app.add_subcommand("policy", "Validate IAM policies and simulate decisions")->allow_extras();
+    if (argc > 1 && std::string_view(argv[1]) == "policy") {
+      return gatehouse::cli::run_policy_command(argc - 1, argv + 1);
     }
 
     CLI11_PARSE(app, argc, argv);
