@@ -162,7 +162,8 @@ struct Worker {
   detail::Spawned proc;
   net::posix::stream_descriptor pidfd, out, err, in;
   std::unique_ptr<tcp::acceptor> acceptor;
-  std::weak_ptr<ApiConn> parked;     // a /next waiting for work (kIdle)
+  std::shared_ptr<ApiConn> parked;   // a /next waiting for work (kIdle); owned here, as no
+                                     // operation is pending on it while it waits
   std::unique_ptr<Pending> current;  // kBusy
   std::string current_id;            // the Lambda request id of `current`
   net::steady_timer deadline;
@@ -170,6 +171,8 @@ struct Worker {
   steady_clock::time_point idle_since{};
   bool reached_next = false;  // asked for work at least once (init succeeded)
   bool killed_for_timeout = false;
+  bool retired = false;
+  bool served_any = false;  // took an invocation: later ones are warm  // stopped on purpose (idle, config change, shutdown): not a failure
   std::string init_error;  // from /init/error
   std::string stdout_buf;  // exec: the result; lambda: log line assembly
   std::string stderr_buf;
@@ -382,6 +385,7 @@ class RuntimeImpl final : public Runtime {
       }
     }
     for (auto& w : old) {
+      w->retired = true;
       kill_worker(*w);
     }
   }
@@ -439,7 +443,7 @@ class RuntimeImpl final : public Runtime {
 
   Worker* idle_worker(Function& f) {
     for (auto& [id, w] : f.workers) {
-      if (w->state == Worker::State::kIdle && w->generation == f.generation && !w->parked.expired()) {
+      if (w->state == Worker::State::kIdle && w->generation == f.generation && w->parked) {
         return w.get();
       }
     }
@@ -675,8 +679,7 @@ class RuntimeImpl final : public Runtime {
   }
 
   void assign(Worker& w, std::unique_ptr<Pending> p) {
-    auto conn = w.parked.lock();
-    w.parked.reset();
+    auto conn = std::move(w.parked);
     w.state = Worker::State::kBusy;
     w.current_id = uuid();
     const auto& fc = *w.fn->cfg;
@@ -710,6 +713,8 @@ class RuntimeImpl final : public Runtime {
         {"Gatehouse-Source", std::string(source_prefix(c.source)) + c.source_name},
         {"Content-Type", "application/json"}};
     std::string body = p->inv.payload;
+    p->cold_start = !w.served_any;
+    w.served_any = true;
     w.current = std::move(p);
     auto self = w.fn->workers.at(w.id);
     arm_deadline(self);
@@ -752,7 +757,7 @@ class RuntimeImpl final : public Runtime {
     if (w.acceptor) {
       w.acceptor->close(ec);
     }
-    if (auto conn = w.parked.lock()) {
+    if (auto conn = std::move(w.parked)) {
       conn->close();
     }
     w.in.close(ec);
@@ -819,7 +824,7 @@ class RuntimeImpl final : public Runtime {
       if (oom) {
         msg += " (its memory limit of " + std::to_string(f.cfg->memory_mb) + " MB was exceeded)";
       }
-      if (!stopped_.load()) {
+      if (!stopped_.load() && !w->retired) {
         note_init_failure(f, msg);
         fail_queue_on_init_error(f);
       }
@@ -925,6 +930,7 @@ class RuntimeImpl final : public Runtime {
         }
       }
       for (auto& w : stale) {
+        w->retired = w->state == Worker::State::kIdle;  // an init timeout is a failure
         kill_worker(*w);
       }
       dispatch(*f);
@@ -1070,6 +1076,7 @@ void RuntimeImpl::on_api_request(const std::shared_ptr<ApiConn>& conn,
     w->idle_since = steady_clock::now();
     w->parked = conn;
     if (w->generation != f.generation || f.removed) {
+      w->retired = true;
       kill_worker(*w);
       return;
     }
