@@ -203,6 +203,16 @@ struct Function {
     }
     return n;
   }
+  // Workers that will ask for work soon: starting, or between their answer and their next
+  // /next. Queued work waits for them rather than starting more processes.
+  [[nodiscard]] std::size_t soon_available() const {
+    std::size_t n = 0;
+    for (const auto& [id, w] : workers) {
+      n += w->state == Worker::State::kSpawning || w->state == Worker::State::kStarting ||
+           (w->state == Worker::State::kIdle && !w->parked && w->generation == generation);
+    }
+    return n;
+  }
 };
 
 // One connection from a worker to its Runtime API listener. Requests are read one at a time;
@@ -426,7 +436,7 @@ class RuntimeImpl final : public Runtime {
     f.queue.push_back(std::move(p));
     dispatch(f);
     const bool lambda = f.cfg->runtime == config::FunctionRuntime::kLambda;
-    const std::size_t served_soon = lambda ? f.starting() : 0;
+    const std::size_t served_soon = lambda ? f.soon_available() : 0;
     const std::size_t waiting = f.queue.size() > served_soon ? f.queue.size() - served_soon : 0;
     if (waiting > f.cfg->max_queue) {
       auto last = std::move(f.queue.back());
@@ -461,7 +471,7 @@ class RuntimeImpl final : public Runtime {
           f.queue.pop_front();
           continue;
         }
-        if (f.queue.size() <= f.starting()) {
+        if (f.queue.size() <= f.soon_available()) {
           return;
         }
       }
