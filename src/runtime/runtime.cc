@@ -1176,6 +1176,9 @@ void RuntimeImpl::on_api_request(const std::shared_ptr<ApiConn>& conn,
 
 core::Result<std::unique_ptr<Runtime>> Runtime::create(const config::Config& config,
                                                        Options options) {
+  // The event goes to an exec function's stdin through a pipe; a function that exits without
+  // reading it must cost us EPIPE, not the process (sockets use MSG_NOSIGNAL, pipes cannot).
+  ::signal(SIGPIPE, SIG_IGN);
   try {
     return std::unique_ptr<Runtime>(std::make_unique<RuntimeImpl>(config, options));
   } catch (const std::exception& e) {
