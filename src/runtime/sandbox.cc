@@ -509,7 +509,13 @@ core::Result<Spawned> spawn(const SpawnSpec& spec, const HostCapabilities& host)
         ::dup2(errout_pipe[1], 2) < 0) {
       child_fail(efd, 10);
     }
-    // Every other descriptor is close-on-exec (ours are opened O_CLOEXEC; Asio's too).
+    // Nothing of the gateway's may leak into the function: Asio opens sockets (client
+    // connections among them) without O_CLOEXEC, so every descriptor above stderr is marked
+    // close-on-exec here (marked, not closed: the error pipe must survive a failing execve).
+    constexpr unsigned kCloseRangeCloexec = 4;  // CLOSE_RANGE_CLOEXEC, Linux 5.11
+    if (::syscall(SYS_close_range, 3U, ~0U, kCloseRangeCloexec) != 0) {
+      child_fail(efd, 10);
+    }
     ::execve(program.c_str(), argv.data(), envp.data());
     child_fail(efd, 11);
   }
