@@ -8,12 +8,14 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <future>
 #include <string>
 
 #include "auth/auth.h"
 #include "cli/policy_cmd.h"
 #include "config/config.h"
 #include "gateway/gateway.h"
+#include "runtime/runtime.h"
 #include "store/store.h"
 
 namespace {
@@ -150,6 +152,43 @@ int cmd_keys(const std::string& action, const KeyArgs& a) {
   return 0;
 }
 
+// Runs one invocation locally, with the same runtime and sandbox as `serve` (no server needed).
+// The result goes to stdout; a failure's error document to stdout too, its summary to stderr.
+int cmd_invoke(const std::string& config_path, const std::string& function,
+               const std::string& payload, unsigned depth) {
+  auto loaded = gatehouse::config::load_file(config_path);
+  if (!loaded) {
+    print_errors(loaded.error());
+    return 1;
+  }
+  auto rt = gatehouse::runtime::Runtime::create(*loaded);
+  if (!rt) {
+    std::fprintf(stderr, "gatehouse invoke: %s\n", rt.error().message.c_str());
+    return 1;
+  }
+  gatehouse::runtime::Invocation inv;
+  inv.function = function;
+  inv.payload = payload;
+  inv.caller.principal = "admin";
+  inv.caller.source = gatehouse::runtime::SourceKind::kDirect;
+  inv.caller.request_id = "cli";
+  inv.caller.depth = depth;
+  std::promise<gatehouse::runtime::InvokeResult> done;
+  auto result = done.get_future();
+  (*rt)->invoke(std::move(inv),
+                [&done](gatehouse::runtime::InvokeResult r) { done.set_value(std::move(r)); });
+  const gatehouse::runtime::InvokeResult r = result.get();
+  (*rt)->stop();
+  std::printf("%s\n", r.payload.c_str());
+  if (!r.ok) {
+    std::fprintf(stderr, "gatehouse invoke: %s (%d %s): %s\n", r.error_type.c_str(),
+                 gatehouse::core::http_status(r.code),
+                 std::string(gatehouse::core::error_name(r.code)).c_str(), r.message.c_str());
+    return 4;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -207,8 +246,22 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::string_view(argv[1]) == "policy") {
       return gatehouse::cli::run_policy_command(argc - 1, argv + 1);
     }
+    std::string invoke_config = "gatehouse.yaml";
+    std::string invoke_function;
+    std::string invoke_payload = "{}";
+    unsigned invoke_depth = 1;
+    auto* invoke = app.add_subcommand(
+        "invoke", "Invoke a function once, locally (same runtime and sandbox as serve)");
+    invoke->add_option("-c,--config", invoke_config, "Configuration file")->capture_default_str();
+    invoke->add_option("function", invoke_function, "Function name")->required();
+    invoke->add_option("--payload", invoke_payload, "Event JSON")->capture_default_str();
+    invoke->add_option("--lineage-depth", invoke_depth, "Lineage depth of this call")
+        ->capture_default_str();
 
     CLI11_PARSE(app, argc, argv);
+    if (*invoke) {
+      return cmd_invoke(invoke_config, invoke_function, invoke_payload, invoke_depth);
+    }
     if (*keys) {
       return cmd_keys(key_action, key_args);
     }

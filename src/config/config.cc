@@ -4,6 +4,8 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <exception>
@@ -154,6 +156,71 @@ void check_plans(Decoded& d, const std::unordered_map<std::string_view, std::siz
   }
 }
 
+// True if `pattern` (an invokers entry; a trailing '*' matches any suffix) matches `source`.
+bool invoker_matches(std::string_view pattern, std::string_view source) {
+  if (!pattern.empty() && pattern.back() == '*') {
+    pattern.remove_suffix(1);
+    return source.starts_with(pattern);
+  }
+  return pattern == source;
+}
+
+// A route that targets a function: the function must run something, and its invokers (when
+// given) must let the route in; otherwise the route could only ever answer 403.
+void check_function_target(Decoded& d, const std::string& base, const Route& r,
+                           const FunctionConfig& f) {
+  const std::string path = base + ".target.function";
+  if (f.runtime == FunctionRuntime::kNone) {
+    d.diagnostics.add(d.position(path), path,
+                      "function '" + printable(f.name) +
+                          "' has no runtime (it only carries limits); set its runtime to "
+                          "lambda or exec" +
+                          (f.line > 0 ? " (line " + std::to_string(f.line) + ")" : std::string()));
+    return;
+  }
+  if (!f.invokers_set || r.name.empty()) {
+    return;
+  }
+  const std::string source = "route:" + r.name;
+  const bool allowed = std::any_of(f.invokers.begin(), f.invokers.end(),
+                                   [&](const std::string& p) { return invoker_matches(p, source); });
+  if (!allowed) {
+    d.diagnostics.add(d.position(path), path,
+                      "function '" + printable(f.name) + "' does not list '" +
+                          printable(source, 256) + "' among its invokers");
+  }
+}
+
+// A function's runtime keys only make sense together.
+void check_function(Decoded& d, const std::string& base, const FunctionConfig& f) {
+  static constexpr std::array<std::string_view, 13> kRuntimeKeys{
+      "command",   "working_dir", "handler",        "env",      "memory_mb",
+      "timeout_s", "max_queue",   "idle_timeout_s", "max_pids", "sandbox",
+      "role",      "invokers",    "reserved_concurrency"};
+  if (f.runtime == FunctionRuntime::kNone) {
+    if (d.position(base + ".runtime").line > 0) {
+      return;  // an invalid runtime, already reported
+    }
+    for (std::string_view key : kRuntimeKeys) {
+      const std::string path = base + "." + std::string(key);
+      const Position pos = d.position(path);
+      if (pos.line > 0) {
+        d.diagnostics.add(pos, path, "needs 'runtime' (lambda or exec) on the function");
+      }
+    }
+    return;
+  }
+  if (f.command.empty()) {
+    d.diagnostics.add(d.position(base), base, "missing required key 'command' (with a runtime)");
+  }
+  if (f.runtime == FunctionRuntime::kExec) {
+    const std::string path = base + ".handler";
+    if (d.position(path).line > 0) {
+      d.diagnostics.add(d.position(path), path, "only applies to runtime lambda");
+    }
+  }
+}
+
 // The checks that need more than one value: references between sections, unique names, and the
 // route name default (which must exist before names can be compared).
 void check_references(Decoded& d) {
@@ -196,11 +263,17 @@ void check_references(Decoded& d) {
     check_stage_list(d, base + ".stages", r.stages, stages, stage_names);
     const std::string& function = r.target.function;
     if (!function.empty() && !functions.contains(function)) {
-      const std::string path = base + ".function";
+      const std::string path = d.position(base + ".function").line > 0 ||
+                                       r.target.kind != Target::Kind::kFunction
+                                   ? base + ".function"
+                                   : base + ".target.function";
       d.diagnostics.add(d.position(path), path,
                         "unknown function '" + printable(function) + "'" +
                             (function_names.empty() ? std::string(" (no functions are defined)")
                                                     : suggestion(function, function_names)));
+    }
+    if (r.target.kind == Target::Kind::kFunction && functions.contains(function)) {
+      check_function_target(d, base, r, c.functions[functions.at(function)]);
     }
     if (r.target.kind == Target::Kind::kHttp && !r.target.http.upstream.empty() &&
         !upstreams.contains(r.target.http.upstream)) {
@@ -213,6 +286,9 @@ void check_references(Decoded& d) {
 
   if (!d.diagnostics.full()) {
     check_plans(d, stages, stage_names);
+  }
+  for (std::size_t i = 0; i < c.functions.size() && !d.diagnostics.full(); ++i) {
+    check_function(d, "functions[" + std::to_string(i) + "]", c.functions[i]);
   }
 
   const AdminConfig& a = c.admin;

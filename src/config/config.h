@@ -89,12 +89,57 @@ struct Plan {
   int line = 0;                         // 1-based line where it was declared, for messages
 };
 
-// Limits for a function, however it is reached (every route whose `function` names it).
+// How a function runs (YAML runtime: lambda | exec). kNone: the name only carries limits.
+enum class FunctionRuntime : std::uint8_t { kNone, kLambda, kExec };
+
+// What a function process may reach on the network (YAML sandbox.network).
+enum class NetworkMode : std::uint8_t {
+  kNone,      // its own empty network namespace (only its own loopback); the default
+  kLoopback,  // reserved: today the host network, with a warning at start (not enforced yet)
+  kHost,      // the host network
+};
+
+struct SandboxConfig {
+  NetworkMode network = NetworkMode::kNone;  // none | loopback | host; default none
+};
+
+// A function: its limits (however it is reached: every route whose `function` names it) and,
+// when `runtime` is set, how its processes are started and bounded (docs/runtime.md).
 struct FunctionConfig {
   std::string name;               // [A-Za-z0-9_-]{1,64}, unique; required
   RateConfig throttle;            // all callers together; unset = not limited
   std::uint32_t concurrency = 0;  // most requests in flight; 0 = unlimited; 0..1000000
-  int line = 0;                   // 1-based line where it was declared, for messages
+  FunctionRuntime runtime = FunctionRuntime::kNone;  // lambda | exec; absent = limits only
+  std::vector<std::string> command;  // argv, command[0] an absolute path or resolved through
+                                     // PATH; 1..64 items; required with a runtime
+  std::string working_dir;           // absolute; "" = the gateway's working directory
+  std::string handler;               // _HANDLER for lambda runtimes ("index.handler"); <= 256
+  std::vector<std::pair<std::string, std::string>> env;  // extra environment, at most 64;
+                                                         // names [A-Za-z_][A-Za-z0-9_]*, not
+                                                         // AWS_LAMBDA_* / _HANDLER (ours)
+  std::uint32_t memory_mb = 128;          // per worker process tree; 16..10240
+  std::uint32_t timeout_s = 3;            // per invocation, SIGKILL at the deadline; 1..900
+  std::uint32_t reserved_concurrency = 10;  // most workers (processes) at once; 1..1000
+  std::uint32_t max_queue = 100;          // invocations waiting for a worker; 0..100000
+  std::uint32_t idle_timeout_s = 300;     // a warm worker idle this long is stopped; 1..86400
+  std::uint32_t max_pids = 64;            // tasks (processes + threads) per worker; 1..4096
+  SandboxConfig sandbox;
+  std::string role;                       // the role its invocations act as; "" = none
+  std::vector<std::string> invokers;      // who may invoke it: "route:NAME", "trigger:NAME",
+                                          // "workflow:NAME", "principal:ID"; a trailing '*'
+                                          // matches any suffix. Absent = every route that
+                                          // targets it. The admin API may always invoke.
+  bool invokers_set = false;              // `invokers` was given (even empty)
+  int line = 0;                           // 1-based line where it was declared, for messages
+};
+
+// The function runtime as a whole.
+struct RuntimeConfig {
+  std::uint32_t max_lineage_depth = 16;  // a call chain deeper than this is refused
+                                         // (RecursiveInvocationStopped); 1..1000
+  std::uint32_t run_as_uid = 65534;      // when gatehouse runs as root, functions run as this
+                                         // uid/gid (default nobody); 1..4294967294
+  std::uint32_t run_as_gid = 65534;
 };
 
 struct ApiKeysConfig {
@@ -134,13 +179,20 @@ struct HttpTarget {
   bool strip_stage = true;  // forward without the stage prefix
 };
 
+// The event shape a function target sends (API Gateway HTTP API payload format versions).
+enum class PayloadFormat : std::uint8_t { kV2, kV1 };
+
 struct Target {
-  enum class Kind : std::uint8_t { kStatic, kHttp };
+  enum class Kind : std::uint8_t { kStatic, kHttp, kFunction };
   Kind kind = Kind::kStatic;
   StaticTarget static_target;  // when kind == kStatic
   HttpTarget http;             // when kind == kHttp
-  std::string function;        // optional: the function this target stands for (limits layer);
-                               // YAML routes[].function; [A-Za-z0-9_-]{1,64}
+  std::string function;        // the function this target stands for (limits layer; YAML
+                               // routes[].function) and, when kind == kFunction, the function
+                               // invoked (YAML target.function; the two must agree); must name
+                               // a function with a runtime when kind == kFunction (checked)
+  PayloadFormat payload_format = PayloadFormat::kV2;  // YAML target.payload_format: "2.0" |
+                                                      // "1.0"; only with target.function
 };
 
 struct Route {
@@ -210,6 +262,7 @@ struct Config {
   ThrottlingConfig throttling;
   std::vector<FunctionConfig> functions;  // at most 10000
   std::vector<Plan> plans;                // at most 1000
+  RuntimeConfig runtime;
 
   // The upstream called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const Upstream* find_upstream(std::string_view name) const;

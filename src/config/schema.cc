@@ -62,7 +62,13 @@ enum class Format : std::uint8_t {
   kRouteName,   // a route name: 1..256 bytes, no control characters except tab
   kHeaderName,  // an HTTP token of at most 256 bytes, not a framing header (stored lower-case)
   kPeriod,      // DAY | WEEK | MONTH
+  kFsPath,      // an absolute filesystem path without control characters
+  kInvoker,     // route:NAME | trigger:NAME | workflow:NAME | principal:ID, optional trailing '*'
 };
+
+// The kinds of invocation source a function's `invokers` may name.
+constexpr std::array<std::string_view, 4> kInvokerKinds{"route:", "trigger:", "workflow:",
+                                                        "principal:"};
 
 constexpr std::array<std::string_view, 6> kLogLevels{"trace", "debug", "info",
                                                      "warn",  "error", "off"};
@@ -526,6 +532,27 @@ class Walker {
         }
         return "'" + printable(s) + "' is not one of DAY, WEEK, MONTH";
       }
+      case Format::kFsPath:
+        if (s.empty() || s[0] != '/') {
+          return "'" + printable(s) + "' must be an absolute path";
+        }
+        if (has_control(s, false)) {
+          return "must not contain control characters";
+        }
+        return std::nullopt;
+      case Format::kInvoker: {
+        if (has_control(s, false)) {
+          return "must not contain control characters";
+        }
+        for (std::string_view kind : kInvokerKinds) {
+          if (std::string_view(s).starts_with(kind) && s.size() > kind.size()) {
+            return std::nullopt;
+          }
+        }
+        return "'" + printable(s) +
+               "' must be route:NAME, trigger:NAME, workflow:NAME or principal:ID "
+               "(a trailing '*' matches any suffix)";
+      }
     }
     return std::nullopt;
   }
@@ -914,10 +941,13 @@ void decode_methods(Walker& w, const Field<Route>& f, const Value& v, const std:
   }
 }
 
+void set_route_function(Walker& w, const Value& v, const std::string& path, std::string name,
+                        Target& out);
+
 void decode_function(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
                      Route& out) {
   if (auto s = w.string(v, path, f.min, f.max, f.format)) {
-    out.target.function = std::move(*s);
+    set_route_function(w, v, path, std::move(*s), out.target);
   }
 }
 
@@ -1015,6 +1045,160 @@ void decode_headers(Walker& w, const Field<StaticTarget>& f, const Value& v,
     if (text) {
       out.headers.emplace_back(name, std::move(*text));
     }
+  }
+}
+
+// target.function: the function a route invokes. routes[].function (the limits layer) may name
+// it too, in either order; the two must agree.
+void set_route_function(Walker& w, const Value& v, const std::string& path, std::string name,
+                        Target& out) {
+  if (!out.function.empty() && out.function != name) {
+    w.error(v.pos, path,
+            "'" + printable(name) + "' differs from the route's function '" +
+                printable(out.function) + "'; a function target is limited as that function");
+    return;
+  }
+  out.function = std::move(name);
+}
+
+void decode_target_function(Walker& w, const Field<Target>& f, const Value& v,
+                            const std::string& path, Target& out) {
+  if (auto s = w.string(v, path, f.min, f.max, f.format)) {
+    out.kind = Target::Kind::kFunction;
+    set_route_function(w, v, path, std::move(*s), out);
+  }
+}
+
+void decode_payload_format(Walker& w, const Field<Target>& f, const Value& v,
+                           const std::string& path, Target& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (*s == "2.0") {
+    out.payload_format = PayloadFormat::kV2;
+  } else if (*s == "1.0") {
+    out.payload_format = PayloadFormat::kV1;
+  } else {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not one of \"2.0\", \"1.0\"");
+  }
+}
+
+void decode_runtime(Walker& w, const Field<FunctionConfig>& f, const Value& v,
+                    const std::string& path, FunctionConfig& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (*s == "lambda") {
+    out.runtime = FunctionRuntime::kLambda;
+  } else if (*s == "exec") {
+    out.runtime = FunctionRuntime::kExec;
+  } else {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not one of lambda, exec");
+  }
+}
+
+// An argv: a sequence of strings, duplicates allowed (unlike the name lists).
+void decode_command(Walker& w, const Field<FunctionConfig>& f, const Value& v,
+                    const std::string& path, FunctionConfig& out) {
+  if (!v.node.IsSequence()) {
+    w.type_error(v, path, "a sequence of strings (the argv)");
+    return;
+  }
+  const auto n = static_cast<std::int64_t>(v.node.size());
+  if (n < f.min || n > f.max) {
+    w.error(v.pos, path,
+            "has " + std::to_string(n) + " items; it needs " + std::to_string(f.min) + " to " +
+                std::to_string(f.max));
+    return;
+  }
+  std::size_t i = 0;
+  for (auto it = v.node.begin(); it != v.node.end() && w.go(); ++it, ++i) {
+    const Value item{*it, position_of(*it)};
+    auto s = w.string(item, index_path(path, i), i == 0 ? 1 : 0, 4096, Format::kLine);
+    out.command.push_back(s ? std::move(*s) : std::string());
+  }
+}
+
+bool is_env_name(std::string_view s) {
+  if (s.empty() || (s[0] >= '0' && s[0] <= '9')) {
+    return false;
+  }
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v,
+                const std::string& path, FunctionConfig& out) {
+  if (v.node.IsNull()) {
+    return;
+  }
+  if (!v.node.IsMap()) {
+    w.type_error(v, path, "a mapping of variable names to values");
+    return;
+  }
+  if (static_cast<std::int64_t>(v.node.size()) > f.max) {
+    w.error(v.pos, path,
+            "has " + std::to_string(v.node.size()) + " variables; the maximum is " +
+                std::to_string(f.max));
+    return;
+  }
+  for (auto it = v.node.begin(); it != v.node.end() && w.go(); ++it) {
+    const Value key{it->first, position_of(it->first)};
+    const Value value{it->second, it->second.IsNull() ? key.pos : position_of(it->second)};
+    if (!key.node.IsScalar()) {
+      w.type_error(key, path, "a variable name");
+      continue;
+    }
+    const std::string& name = key.node.Scalar();
+    const std::string var_path = join(path, printable(name));
+    if (name.size() > 256 || !is_env_name(name)) {
+      w.error(key.pos, var_path,
+              "'" + printable(name) + "' is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)");
+      continue;
+    }
+    // The runtime sets these itself; a function must not be able to point its own runtime
+    // client elsewhere or lie about its name or limits.
+    if (std::string_view(name).starts_with("AWS_LAMBDA_") || name == "_HANDLER" ||
+        name == "LAMBDA_TASK_ROOT" || name == "LAMBDA_RUNTIME_DIR") {
+      w.error(key.pos, var_path, "is set by the runtime and cannot be configured");
+      continue;
+    }
+    const bool duplicate = std::any_of(out.env.begin(), out.env.end(),
+                                       [&](const auto& e) { return e.first == name; });
+    if (duplicate) {
+      w.error(key.pos, var_path, "duplicate key");
+      continue;
+    }
+    auto text = w.string(value, var_path, 0, 32 * kKiB, Format::kLine);
+    if (text) {
+      out.env.emplace_back(name, std::move(*text));
+    }
+  }
+}
+
+void decode_invokers(Walker& w, const Field<FunctionConfig>& f, const Value& v,
+                     const std::string& path, FunctionConfig& out) {
+  out.invokers_set = true;
+  decode_string_list(w, f, v, path, out.invokers);
+}
+
+void decode_network(Walker& w, const Field<SandboxConfig>& f, const Value& v,
+                    const std::string& path, SandboxConfig& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (*s == "none") {
+    out.network = NetworkMode::kNone;
+  } else if (*s == "loopback") {
+    out.network = NetworkMode::kLoopback;
+  } else if (*s == "host") {
+    out.network = NetworkMode::kHost;
+  } else {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not one of none, loopback, host");
   }
 }
 
@@ -1168,9 +1352,11 @@ constexpr std::array kHttpFields{
 constexpr std::array kTargetFields{
     section<&Target::static_target, kStaticFields>("static"),
     section<&Target::http, kHttpFields>("http"),
+    custom<Target>("function", Kind::kString, &decode_target_function, 1, 64, Format::kName),
+    custom<Target>("payload_format", Kind::kString, &decode_payload_format, 1, 8, Format::kLine),
 };
 
-// A target is exactly one of static or http.
+// A target is exactly one of static, http or function.
 void decode_target(Walker& w, const Field<Route>& /*f*/, const Value& v, const std::string& path,
                    Route& out) {
   const std::uint64_t seen = walk_map(w, v, path, rows(kTargetFields), out.target);
@@ -1179,12 +1365,22 @@ void decode_target(Walker& w, const Field<Route>& /*f*/, const Value& v, const s
   }
   constexpr std::uint64_t kStatic = 1;  // rows of kTargetFields
   constexpr std::uint64_t kHttp = 2;
-  if (seen == (kStatic | kHttp)) {
-    w.error(v.pos, path, "has both 'static' and 'http'; a target is exactly one of them");
-  } else if (seen == 0) {
-    w.error(v.pos, path, "needs one of 'static' or 'http'");
+  constexpr std::uint64_t kFunction = 4;
+  constexpr std::uint64_t kPayloadFormat = 8;
+  const std::uint64_t kinds = seen & (kStatic | kHttp | kFunction);
+  if (kinds != 0 && (kinds & (kinds - 1)) != 0) {
+    w.error(v.pos, path,
+            "has more than one of 'static', 'http' and 'function'; a target is exactly one");
+  } else if (kinds == 0) {
+    w.error(v.pos, path, "needs one of 'static', 'http' or 'function'");
   }
-  out.target.kind = seen == kHttp ? Target::Kind::kHttp : Target::Kind::kStatic;
+  if ((seen & kPayloadFormat) != 0 && (seen & kFunction) == 0) {
+    const std::string pf = join(path, "payload_format");
+    w.error(w.position(pf), pf, "only applies to a 'function' target");
+  }
+  out.target.kind = kinds == kHttp       ? Target::Kind::kHttp
+                    : kinds == kFunction ? Target::Kind::kFunction
+                                         : Target::Kind::kStatic;
 }
 
 constexpr std::array kRouteFields{
@@ -1221,10 +1417,35 @@ constexpr std::array kThrottlingFields{
     duration("concurrency_wait", &ThrottlingConfig::concurrency_wait, 0ms, 1min),
 };
 
+constexpr std::array kSandboxFields{
+    custom<SandboxConfig>("network", Kind::kString, &decode_network, 1, 16, Format::kLine),
+};
+
 constexpr std::array kFunctionFields{
     string("name", &FunctionConfig::name, 1, 64, Format::kName, /*required=*/true),
     throttle<&FunctionConfig::throttle>("throttle"),
     integer("concurrency", &FunctionConfig::concurrency, 0, 1'000'000),
+    custom<FunctionConfig>("runtime", Kind::kString, &decode_runtime, 1, 16, Format::kLine),
+    custom<FunctionConfig>("command", Kind::kStringList, &decode_command, 1, 64, Format::kLine),
+    string("working_dir", &FunctionConfig::working_dir, 1, 4096, Format::kFsPath),
+    string("handler", &FunctionConfig::handler, 1, 256, Format::kLine),
+    custom<FunctionConfig>("env", Kind::kHeaders, &decode_env, 0, 64, Format::kLine),
+    integer("memory_mb", &FunctionConfig::memory_mb, 16, 10'240),
+    integer("timeout_s", &FunctionConfig::timeout_s, 1, 900),
+    integer("reserved_concurrency", &FunctionConfig::reserved_concurrency, 1, 1000),
+    integer("max_queue", &FunctionConfig::max_queue, 0, 100'000),
+    integer("idle_timeout_s", &FunctionConfig::idle_timeout_s, 1, 86'400),
+    integer("max_pids", &FunctionConfig::max_pids, 1, 4096),
+    section<&FunctionConfig::sandbox, kSandboxFields>("sandbox"),
+    string("role", &FunctionConfig::role, 1, 64, Format::kName),
+    custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 1000,
+                           Format::kInvoker),
+};
+
+constexpr std::array kRuntimeFields{
+    integer("max_lineage_depth", &RuntimeConfig::max_lineage_depth, 1, 1000),
+    integer("run_as_uid", &RuntimeConfig::run_as_uid, 1, 4'294'967'294),
+    integer("run_as_gid", &RuntimeConfig::run_as_gid, 1, 4'294'967'294),
 };
 
 constexpr std::array kOverrideFields{
@@ -1264,6 +1485,7 @@ constexpr std::array kConfigFields{
     section<&Config::throttling, kThrottlingFields>("throttling"),
     list<&Config::functions, kFunctionFields>("functions", 10'000),
     list<&Config::plans, kPlanFields>("plans", 1000),
+    section<&Config::runtime, kRuntimeFields>("runtime"),
 };
 
 // Bounds must fit the member they land in, and tables must fit the 64-bit `seen` mask.
@@ -1310,6 +1532,8 @@ static_assert(well_formed(kRouteFields));
 static_assert(well_formed(kApiKeysFields));
 static_assert(well_formed(kThrottlingFields));
 static_assert(well_formed(kFunctionFields));
+static_assert(well_formed(kSandboxFields));
+static_assert(well_formed(kRuntimeFields));
 static_assert(well_formed(kOverrideFields));
 static_assert(well_formed(kPlanFields));
 static_assert(well_formed(kConfigFields));
@@ -1377,6 +1601,12 @@ std::string bounds_text(const Field<S>& f) {
   return "";
 }
 
+// GCC 12 at -O2 reports the visits of slots that do not belong to a one-byte S (SandboxConfig)
+// as out of bounds; those branches never run for such an S.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Warray-bounds"
+#endif
 template <class S>
 std::string default_text(const Field<S>& f) {
   // static: GCC 12 at -O2 wrongly reports a local value-initialized S as maybe-uninitialized.
@@ -1400,6 +1630,9 @@ std::string default_text(const Field<S>& f) {
       },
       f.slot);
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 }  // namespace
 

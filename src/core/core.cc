@@ -62,6 +62,14 @@ constexpr CodeInfo info(ErrorCode code) noexcept {
       return {500, "InvalidConfig"};
     case ErrorCode::kIo:
       return {500, "IoError"};
+    case ErrorCode::kFunctionError:
+      return {502, "FunctionError"};
+    case ErrorCode::kFunctionTimedOut:
+      return {504, "FunctionTimedOut"};
+    case ErrorCode::kConcurrencyLimit:
+      return {429, "ConcurrencyLimit"};
+    case ErrorCode::kRecursiveInvocation:
+      return {508, "RecursiveInvocationStopped"};
   }
   return {500, "InternalError"};
 }
@@ -131,6 +139,8 @@ std::string_view reason_phrase(int status) noexcept {
       return "Service Unavailable";
     case 504:
       return "Gateway Timeout";
+    case 508:
+      return "Loop Detected";
     default:
       return "Unknown";
   }

@@ -35,6 +35,10 @@ enum class ErrorCode : std::uint8_t {
   kGatewayTimeout,    // 504 GatewayTimeout (upstream too slow)
   kConfig,            // configuration invalid (startup / reload only)
   kIo,                // filesystem / store failure
+  kFunctionError,        // 502 FunctionError (a function failed, crashed or ran out of memory)
+  kFunctionTimedOut,     // 504 FunctionTimedOut (killed at its deadline: Task.TimedOut)
+  kConcurrencyLimit,     // 429 ConcurrencyLimit (a function's workers and queue are full)
+  kRecursiveInvocation,  // 508 RecursiveInvocationStopped (lineage depth over the maximum)
 };
 
 // HTTP status for `code` (500 for codes that never reach the wire).

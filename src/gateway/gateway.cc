@@ -18,9 +18,11 @@
 #include <mutex>
 #include <thread>
 
+#include "gateway/function_target.h"
 #include "gateway/limiter.h"
 #include "gateway/metrics.h"
 #include "gateway/proxy.h"
+#include "runtime/runtime.h"
 #include "store/store.h"
 
 namespace gatehouse::gateway {
@@ -172,7 +174,7 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
       }
       e.static_tail_head = "Content-Length: " + std::to_string(st.body.size()) + "\r\n\r\n";
       e.static_tail = e.static_tail_head + st.body;
-    } else {
+    } else if (r.target.kind == config::Target::Kind::kHttp) {
       const config::Upstream* up = c.find_upstream(r.target.http.upstream);
       if (up == nullptr) {
         return core::make_error(
@@ -280,6 +282,8 @@ class Pipeline final : public http::Handler {
   http::Step refuse(http::Exchange& ex, Conn& c, const Refusal& r);
   http::Step builtin(http::Exchange& ex, Conn& c);
   http::Step dispatch(http::Exchange& ex, Conn& c);
+  http::Step invoke_route_function(http::Exchange& ex, Conn& c);
+  http::Step admin_invoke(http::Exchange& ex, Conn& c, std::string_view function);
   void answer_static(http::Exchange& ex, const RouteEntry& e);
   bool admin_authorized(const http::Exchange& ex, const Snapshot& s) const;
 
@@ -316,6 +320,9 @@ class GatewayImpl final : public Gateway {
     blocking_.join();  // admin work in flight finishes while the store and workers still exist
     // Workers have exited. Pooled upstream sockets go before their io_contexts, and the server
     // (whose sessions call back into the pipeline and stages as they die) before those.
+    // Function invocations in flight answer (kUnavailable) and the runtime's threads stop
+    // before the worker io_contexts they post to are destroyed with the server.
+    runtime_.reset();
     if (server_) {
       for (unsigned w = 0; w < server_->workers(); ++w) {
         proxy_.shutdown(w);
@@ -333,6 +340,11 @@ class GatewayImpl final : public Gateway {
     }
     snapshot_ = *snap;
     limiter_->activate(snapshot_->limits);
+    auto rt = runtime::Runtime::create(snapshot_->config);
+    if (!rt) {
+      return tl::unexpected(rt.error());
+    }
+    runtime_ = std::move(*rt);
     pipeline_.set_initial(snapshot_);
     server_ = http::make_server(server_options(snapshot_->config), pipeline_);
     return {};
@@ -373,6 +385,7 @@ class GatewayImpl final : public Gateway {
     ++generation_;
     snapshot_ = *snap;
     limiter_->activate(snapshot_->limits);
+    runtime_->update(snapshot_->config);
     server_->update_limits(server_options(snapshot_->config));
     auto s = snapshot_;
     server_->run_on_all_workers([this, s](unsigned w) {
@@ -438,6 +451,7 @@ class GatewayImpl final : public Gateway {
       return;
     }
     server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
+    runtime_->stop();  // after the drain: invocations in flight had the grace period to finish
     limiter_->stop();  // writes the last quota counts
     spdlog::info("stopped");
     if (access_) {
@@ -472,6 +486,7 @@ class GatewayImpl final : public Gateway {
     out += "# HELP gatehouse_bugs_total Unexpected errors caught at a session's top level.\n";
     out += "# TYPE gatehouse_bugs_total counter\n";
     out += "gatehouse_bugs_total " + std::to_string(st.bugs) + "\n";
+    out += runtime_->metrics_text();
     return out;
   }
 
@@ -676,6 +691,21 @@ class GatewayImpl final : public Gateway {
     access_->info(line);
   }
 
+  // Worker thread of `ex`: invokes, then calls `write(result)` back on that worker and resumes
+  // the exchange. The worker's io_context never waits for the function.
+  void invoke(http::Exchange& ex, runtime::Invocation inv,
+              std::function<void(http::Exchange&, runtime::InvokeResult)> write) {
+    auto* ioc = static_cast<net::io_context*>(ex.io_context());
+    runtime_->invoke(std::move(inv), [ioc, &ex, token = ex.keep_alive_token(),
+                                      write = std::move(write)](runtime::InvokeResult r) mutable {
+      net::post(*ioc, [&ex, token = std::move(token), write = std::move(write),
+                       r = std::move(r)]() mutable {
+        write(ex, std::move(r));
+        ex.resume();
+      });
+    });
+  }
+
   Authenticator& authenticator() { return *authenticate_; }
   Authorizer& authorizer() { return *authorize_; }
   Throttle& throttle() { return *throttle_; }
@@ -715,6 +745,7 @@ class GatewayImpl final : public Gateway {
   Throttle* throttle_ = nullptr;
   Guard* guard_ = nullptr;
   mutable Metrics metrics_;
+  std::unique_ptr<runtime::Runtime> runtime_;  // reset in the destructor before server_
   std::unique_ptr<http::Server> server_;  // declared before proxy_: destroyed after it
   Proxy proxy_;
   Pipeline pipeline_;
@@ -897,6 +928,9 @@ http::Step Pipeline::dispatch(http::Exchange& ex, Conn& c) {
     answer_static(ex, e);
     return http::Step::kDone;
   }
+  if (e.kind == config::Target::Kind::kFunction) {
+    return invoke_route_function(ex, c);
+  }
   const http::Request& req = ex.request();
   const config::HttpTarget& t = e.route->target.http;
   std::string path = e.upstream.upstream->base_path + t.path_prefix;
@@ -913,6 +947,143 @@ http::Step Pipeline::dispatch(http::Exchange& ex, Conn& c) {
     path.append(req.query);
   }
   gw_.proxy().forward(ex, e.upstream, std::move(path));
+  return http::Step::kPending;
+}
+
+namespace {
+
+// The lineage depth a request arrives with (x-gatehouse-lineage-depth, set by functions that call
+// back into the gateway); 0 when absent or malformed. A client can only raise it.
+std::uint32_t incoming_depth(const http::Request& req) {
+  const std::string_view v = req.header("x-gatehouse-lineage-depth");
+  if (v.empty() || v.size() > 6) {
+    return 0;
+  }
+  std::uint32_t n = 0;
+  for (char ch : v) {
+    if (ch < '0' || ch > '9') {
+      return 0;
+    }
+    n = n * 10 + static_cast<std::uint32_t>(ch - '0');
+  }
+  return n;
+}
+
+std::string principal_text(const Principal& p) {
+  return p.id.empty() ? std::string(p.kind) : std::string(p.kind) + ":" + std::string(p.id);
+}
+
+// A runtime refusal or function failure as the uniform JSON error. Function failures tell public
+// callers only the error type: the message and stack may hold the function's secrets.
+void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed) {
+  const int status = core::http_status(r.code);
+  std::string message = r.message;
+  if (r.code == core::ErrorCode::kFunctionError) {
+    message = detailed ? r.error_type + ": " + r.message
+                       : "the function failed (" + r.error_type + ")";
+  }
+  std::string extra;
+  if (r.code == core::ErrorCode::kConcurrencyLimit) {
+    extra = "Retry-After: 1\r\n";
+  }
+  if (!r.error_type.empty() && (r.code == core::ErrorCode::kFunctionError ||
+                                r.code == core::ErrorCode::kFunctionTimedOut)) {
+    extra += "X-Amz-Function-Error: " + (detailed ? r.error_type : std::string("Unhandled")) +
+             "\r\n";
+  }
+  http::write_error(ex.out(), status, core::error_name(r.code), message, ex.request_id(),
+                    ex.keep_alive(), extra);
+  ex.set_status(status);
+}
+
+}  // namespace
+
+http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
+  const RouteEntry& e = *c.ctx.route;
+  const config::Route& route = *e.route;
+  const http::Request& req = ex.request();
+  std::string route_key;
+  for (const auto& m : route.methods) {
+    route_key += route_key.empty() ? "" : ",";
+    route_key += m == "ANY" ? "$default" : m;
+  }
+  route_key = route.methods.size() == 1 && route.methods[0] == "ANY" ? "ANY " + route.path
+                                                                      : route_key + " " + route.path;
+  runtime::Invocation inv;
+  inv.function = route.target.function;
+  inv.caller.principal = principal_text(c.ctx.principal);
+  inv.caller.source = runtime::SourceKind::kRoute;
+  inv.caller.source_name = route.name;
+  inv.caller.request_id = std::string(ex.request_id());
+  inv.caller.depth = incoming_depth(req) + 1;
+  EventContext ev;
+  ev.route_key = route_key;
+  ev.resource = route.path;
+  ev.stage = c.ctx.match.stage;
+  ev.request_id = ex.request_id();
+  ev.source_ip = ex.remote_ip();
+  ev.principal = inv.caller.principal;
+  ev.lineage_depth = inv.caller.depth;
+  ev.time_epoch_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  ev.match = &c.ctx.match;
+  const config::PayloadFormat format = route.target.payload_format;
+  inv.payload = build_event(format, req, ev);
+  gw_.invoke(ex, std::move(inv), [format](http::Exchange& x, runtime::InvokeResult r) {
+    if (!r.ok) {
+      write_invoke_error(x, r, false);
+      return;
+    }
+    const FunctionHttpResponse resp = map_result(format, r.payload);
+    if (!resp.ok) {
+      http::write_error(x.out(), 502, "FunctionError",
+                        "the function returned an invalid response: " + resp.problem,
+                        x.request_id(), x.keep_alive());
+      x.set_status(502);
+      return;
+    }
+    http::ResponseWriter w(x.out());
+    w.start(resp.status, x.request_id(), x.keep_alive());
+    for (const auto& [k, v] : resp.headers) {
+      w.header(k, v);
+    }
+    w.body(resp.content_type, x.request().method == "HEAD" ? std::string_view() : resp.body);
+    x.set_status(resp.status);
+  });
+  return http::Step::kPending;
+}
+
+http::Step Pipeline::admin_invoke(http::Exchange& ex, Conn& c, std::string_view function) {
+  const http::Request& req = ex.request();
+  std::string payload = req.body.empty() ? std::string("{}") : std::string(req.body);
+  boost::system::error_code ec;
+  (void)boost::json::parse(payload, ec);
+  if (ec) {
+    return refuse(ex, c, Refusal{400, "BadRequest", "the payload must be JSON", {}});
+  }
+  runtime::Invocation inv;
+  inv.function = std::string(function);
+  inv.payload = std::move(payload);
+  inv.caller.principal = "admin";
+  inv.caller.source = runtime::SourceKind::kDirect;
+  inv.caller.request_id = std::string(ex.request_id());
+  inv.caller.depth = incoming_depth(req) + 1;
+  gw_.invoke(ex, std::move(inv), [](http::Exchange& x, runtime::InvokeResult r) {
+    if (!r.ok) {
+      write_invoke_error(x, r, true);
+      return;
+    }
+    http::ResponseWriter w(x.out());
+    w.start(200, x.request_id(), x.keep_alive());
+    w.header("Cache-Control", "no-store");
+    if (!r.request_id.empty()) {
+      w.header("X-Amz-Request-Id", r.request_id);
+    }
+    w.header("X-Gatehouse-Cold-Start", r.cold_start ? "true" : "false");
+    w.body("application/json", r.payload);
+    x.set_status(200);
+  });
   return http::Step::kPending;
 }
 
@@ -1050,6 +1221,13 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
               ex.resume();
             });
         return http::Step::kPending;
+      }
+      constexpr std::string_view kFunctions = "/functions/";
+      constexpr std::string_view kInvoke = "/invoke";
+      if (req.method == "POST" && sub.starts_with(kFunctions) && sub.ends_with(kInvoke) &&
+          sub.size() > kFunctions.size() + kInvoke.size()) {
+        return admin_invoke(
+            ex, c, sub.substr(kFunctions.size(), sub.size() - kFunctions.size() - kInvoke.size()));
       }
       return refuse(ex, c, Refusal{404, "NotFound", "no such admin endpoint", {}});
     }

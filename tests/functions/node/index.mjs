@@ -1,0 +1,26 @@
+// A Node.js function run through the real aws-lambda-ric: answers with an API Gateway proxy
+// response, or throws when asked to.
+export const handler = async (event, context) => {
+  let body = {};
+  try {
+    body = typeof event.body === "string" ? JSON.parse(event.body) : event;
+  } catch {
+    body = {};
+  }
+  if (body && body.fail) {
+    throw new Error("asked to fail");
+  }
+  return {
+    statusCode: 201,
+    headers: { "content-type": "application/json", "x-runtime": "node" },
+    cookies: ["a=1"],
+    body: JSON.stringify({
+      node: process.version,
+      requestId: context.awsRequestId,
+      functionName: context.functionName,
+      memory: context.memoryLimitInMB,
+      path: event.rawPath,
+      depth: context.clientContext?.Custom?.["gatehouse-lineage-depth"] ?? context.clientContext?.custom?.["gatehouse-lineage-depth"] ?? null,
+    }),
+  };
+};
