@@ -152,6 +152,24 @@ int cmd_keys(const std::string& action, const KeyArgs& a) {
   return 0;
 }
 
+// An invocation from the CLI: the admin, directly.
+gatehouse::runtime::Invocation cli_invocation(const std::string& function,
+                                              const std::string& payload, unsigned depth) {
+  gatehouse::runtime::Invocation inv;
+  inv.function = function;
+  inv.payload = payload;
+  inv.caller.principal = "admin";
+  inv.caller.source = gatehouse::runtime::SourceKind::kDirect;
+  inv.caller.request_id = "cli";
+  inv.caller.depth = depth;
+  return inv;
+}
+
+void print_accepted(const gatehouse::runtime::AcceptedEvent& e) {
+  std::printf("{\"event_id\":\"%s\",\"message_id\":%lld}\n", e.event_id.c_str(),
+              static_cast<long long>(e.message_id));
+}
+
 // Runs one invocation locally, with the same runtime and sandbox as `serve` (no server needed).
 // The result goes to stdout; a failure's error document to stdout too, its summary to stderr.
 int cmd_invoke(const std::string& config_path, const std::string& function,
@@ -166,13 +184,7 @@ int cmd_invoke(const std::string& config_path, const std::string& function,
     std::fprintf(stderr, "gatehouse invoke: %s\n", rt.error().message.c_str());
     return 1;
   }
-  gatehouse::runtime::Invocation inv;
-  inv.function = function;
-  inv.payload = payload;
-  inv.caller.principal = "admin";
-  inv.caller.source = gatehouse::runtime::SourceKind::kDirect;
-  inv.caller.request_id = "cli";
-  inv.caller.depth = depth;
+  gatehouse::runtime::Invocation inv = cli_invocation(function, payload, depth);
   std::promise<gatehouse::runtime::InvokeResult> done;
   auto result = done.get_future();
   (*rt)->invoke(std::move(inv),
@@ -186,6 +198,56 @@ int cmd_invoke(const std::string& config_path, const std::string& function,
                  std::string(gatehouse::core::error_name(r.code)).c_str(), r.message.c_str());
     return 4;
   }
+  return 0;
+}
+
+// Queues one asynchronous invocation straight into the store named by the config (no server
+// needed; a running server's dispatcher picks it up within a second). Prints the event id.
+int cmd_invoke_async(const std::string& config_path, const std::string& function,
+                     const std::string& payload, unsigned depth) {
+  gatehouse::config::Config config;
+  auto store = open_store(config_path, config);
+  if (!store) {
+    return 1;
+  }
+  gatehouse::runtime::Invocation inv = cli_invocation(function, payload, depth);
+  auto r = gatehouse::runtime::enqueue_event(*store, config, inv);
+  if (!r) {
+    std::fprintf(stderr, "gatehouse invoke: %s (%d %s)\n", r.error().message.c_str(),
+                 gatehouse::core::http_status(r.error().code),
+                 std::string(gatehouse::core::error_name(r.error().code)).c_str());
+    return 4;
+  }
+  print_accepted(*r);
+  return 0;
+}
+
+// gatehouse dead-letters list NAME | replay NAME ID, on the store named by the config.
+int cmd_dead_letters(const std::string& action, const std::string& config_path,
+                     const std::string& function, const std::string& event_id) {
+  gatehouse::config::Config config;
+  auto store = open_store(config_path, config);
+  if (!store) {
+    return 1;
+  }
+  if (action == "list") {
+    auto list = gatehouse::runtime::list_dead_letters(*store, function, 100000);
+    if (!list) {
+      std::fprintf(stderr, "gatehouse dead-letters: %s\n", list.error().message.c_str());
+      return 1;
+    }
+    for (const auto& d : *list) {
+      std::printf("%s\n", gatehouse::runtime::dead_letter_json(d).c_str());
+    }
+    std::fprintf(stderr, "%zu dead letter(s) for %s\n", list->size(), function.c_str());
+    return 0;
+  }
+  auto r = gatehouse::runtime::replay_dead_letter(*store, config, function, event_id);
+  if (!r) {
+    std::fprintf(stderr, "gatehouse dead-letters: %s\n", r.error().message.c_str());
+    return r.error().code == gatehouse::core::ErrorCode::kNotFound ? 3 : 1;
+  }
+  print_accepted(*r);
   return 0;
 }
 
@@ -257,8 +319,34 @@ int main(int argc, char** argv) {
     invoke->add_option("--payload", invoke_payload, "Event JSON")->capture_default_str();
     invoke->add_option("--lineage-depth", invoke_depth, "Lineage depth of this call")
         ->capture_default_str();
+    bool invoke_async = false;
+    invoke->add_flag("--async", invoke_async,
+                     "Queue the event in the store (store.state) for a server to run; print its id");
+
+    std::string dl_config = "gatehouse.yaml";
+    std::string dl_function;
+    std::string dl_id;
+    std::string dl_action;
+    auto* dead = app.add_subcommand("dead-letters",
+                                    "List or replay a function's failed asynchronous events");
+    dead->require_subcommand(1);
+    auto* dl_list = dead->add_subcommand("list", "Print each dead letter as one JSON line");
+    auto* dl_replay = dead->add_subcommand("replay", "Queue a dead letter again");
+    for (auto* c : {dl_list, dl_replay}) {
+      c->add_option("-c,--config", dl_config, "Configuration file (for store.state)")
+          ->capture_default_str();
+      c->add_option("function", dl_function, "Function name")->required();
+      c->callback([&dl_action, c] { dl_action = c->get_name(); });
+    }
+    dl_replay->add_option("id", dl_id, "Event id")->required();
 
     CLI11_PARSE(app, argc, argv);
+    if (*invoke && invoke_async) {
+      return cmd_invoke_async(invoke_config, invoke_function, invoke_payload, invoke_depth);
+    }
+    if (*dead) {
+      return cmd_dead_letters(dl_action, dl_config, dl_function, dl_id);
+    }
     if (*invoke) {
       return cmd_invoke(invoke_config, invoke_function, invoke_payload, invoke_depth);
     }

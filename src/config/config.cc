@@ -193,10 +193,10 @@ void check_function_target(Decoded& d, const std::string& base, const Route& r,
 
 // A function's runtime keys only make sense together.
 void check_function(Decoded& d, const std::string& base, const FunctionConfig& f) {
-  static constexpr std::array<std::string_view, 13> kRuntimeKeys{
+  static constexpr std::array<std::string_view, 15> kRuntimeKeys{
       "command",   "working_dir", "handler",        "env",      "memory_mb",
       "timeout_s", "max_queue",   "idle_timeout_s", "max_pids", "sandbox",
-      "role",      "invokers",    "reserved_concurrency"};
+      "role",      "invokers",    "reserved_concurrency", "init_timeout_s", "async"};
   if (f.runtime == FunctionRuntime::kNone) {
     if (d.position(base + ".runtime").line > 0) {
       return;  // an invalid runtime, already reported

@@ -95,12 +95,26 @@ enum class FunctionRuntime : std::uint8_t { kNone, kLambda, kExec };
 // What a function process may reach on the network (YAML sandbox.network).
 enum class NetworkMode : std::uint8_t {
   kNone,      // its own empty network namespace (only its own loopback); the default
-  kLoopback,  // reserved: today the host network, with a warning at start (not enforced yet)
+  kLoopback,  // its own network namespace with its loopback up: 127.0.0.1 works, nothing else
   kHost,      // the host network
 };
 
 struct SandboxConfig {
   NetworkMode network = NetworkMode::kNone;  // none | loopback | host; default none
+  std::uint32_t tmp_mb = 64;                 // size of the function's private /tmp (tmpfs);
+                                             // 1..4096
+};
+
+// Asynchronous invocations of a function (YAML functions[].async; docs/runtime.md): how often a
+// failed event is retried, and how many may wait in its durable queue.
+struct AsyncConfig {
+  std::uint32_t max_retries = 2;    // retries after the first failed attempt (Lambda's
+                                    // MaximumRetryAttempts); 0..100
+  std::uint32_t backoff_s = 1;      // delay before retry k is backoff_s * 2^(k-1); 0..3600
+  std::uint32_t max_age_s = 21600;  // an event older than this is dead-lettered instead of
+                                    // run again (MaximumEventAgeInSeconds); 1..1209600
+  std::uint32_t max_depth = 10000;  // events queued (waiting, retrying or running); one more is
+                                    // refused with 429; 1..1000000
 };
 
 // A function: its limits (however it is reached: every route whose `function` names it) and,
@@ -123,7 +137,10 @@ struct FunctionConfig {
   std::uint32_t max_queue = 100;          // invocations waiting for a worker; 0..100000
   std::uint32_t idle_timeout_s = 300;     // a warm worker idle this long is stopped; 1..86400
   std::uint32_t max_pids = 64;            // tasks (processes + threads) per worker; 1..4096
+  std::uint32_t init_timeout_s = 10;      // a lambda worker must ask for work this soon after
+                                          // it starts, or its start failed; 1..900
   SandboxConfig sandbox;
+  AsyncConfig async;
   std::string role;                       // the role its invocations act as; "" = none
   std::vector<std::string> invokers;      // who may invoke it: "route:NAME", "trigger:NAME",
                                           // "workflow:NAME", "principal:ID"; a trailing '*'

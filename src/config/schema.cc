@@ -1419,6 +1419,14 @@ constexpr std::array kThrottlingFields{
 
 constexpr std::array kSandboxFields{
     custom<SandboxConfig>("network", Kind::kString, &decode_network, 1, 16, Format::kLine),
+    integer("tmp_mb", &SandboxConfig::tmp_mb, 1, 4096),
+};
+
+constexpr std::array kAsyncFields{
+    integer("max_retries", &AsyncConfig::max_retries, 0, 100),
+    integer("backoff_s", &AsyncConfig::backoff_s, 0, 3600),
+    integer("max_age_s", &AsyncConfig::max_age_s, 1, 1'209'600),
+    integer("max_depth", &AsyncConfig::max_depth, 1, 1'000'000),
 };
 
 constexpr std::array kFunctionFields{
@@ -1436,7 +1444,9 @@ constexpr std::array kFunctionFields{
     integer("max_queue", &FunctionConfig::max_queue, 0, 100'000),
     integer("idle_timeout_s", &FunctionConfig::idle_timeout_s, 1, 86'400),
     integer("max_pids", &FunctionConfig::max_pids, 1, 4096),
+    integer("init_timeout_s", &FunctionConfig::init_timeout_s, 1, 900),
     section<&FunctionConfig::sandbox, kSandboxFields>("sandbox"),
+    section<&FunctionConfig::async, kAsyncFields>("async"),
     string("role", &FunctionConfig::role, 1, 64, Format::kName),
     custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 1000,
                            Format::kInvoker),
@@ -1533,6 +1543,7 @@ static_assert(well_formed(kApiKeysFields));
 static_assert(well_formed(kThrottlingFields));
 static_assert(well_formed(kFunctionFields));
 static_assert(well_formed(kSandboxFields));
+static_assert(well_formed(kAsyncFields));
 static_assert(well_formed(kRuntimeFields));
 static_assert(well_formed(kOverrideFields));
 static_assert(well_formed(kPlanFields));

@@ -56,6 +56,9 @@ struct Snapshot {
 
 namespace {
 
+// Most dead letters one GET /admin/functions/{name}/dead-letters lists.
+constexpr std::size_t kMaxDeadLettersListed = 1000;
+
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
@@ -322,6 +325,10 @@ class GatewayImpl final : public Gateway {
     // (whose sessions call back into the pipeline and stages as they die) before those.
     // Function invocations in flight answer (kUnavailable) and the runtime's threads stop
     // before the worker io_contexts they post to are destroyed with the server.
+    if (runtime_) {
+      runtime_->stop();  // answers what the async dispatcher started, before it waits for them
+    }
+    async_.reset();
     runtime_.reset();
     if (server_) {
       for (unsigned w = 0; w < server_->workers(); ++w) {
@@ -345,6 +352,11 @@ class GatewayImpl final : public Gateway {
       return tl::unexpected(rt.error());
     }
     runtime_ = std::move(*rt);
+    auto async = runtime::AsyncInvoker::create(*store_, *runtime_, snapshot_->config);
+    if (!async) {
+      return tl::unexpected(async.error());
+    }
+    async_ = std::move(*async);
     pipeline_.set_initial(snapshot_);
     server_ = http::make_server(server_options(snapshot_->config), pipeline_);
     return {};
@@ -386,6 +398,7 @@ class GatewayImpl final : public Gateway {
     snapshot_ = *snap;
     limiter_->activate(snapshot_->limits);
     runtime_->update(snapshot_->config);
+    async_->update(snapshot_->config);
     server_->update_limits(server_options(snapshot_->config));
     auto s = snapshot_;
     server_->run_on_all_workers([this, s](unsigned w) {
@@ -451,6 +464,7 @@ class GatewayImpl final : public Gateway {
       return;
     }
     server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
+    async_->stop();    // leases nothing more; what it runs is answered by the runtime's stop
     runtime_->stop();  // after the drain: invocations in flight had the grace period to finish
     limiter_->stop();  // writes the last quota counts
     spdlog::info("stopped");
@@ -487,6 +501,7 @@ class GatewayImpl final : public Gateway {
     out += "# TYPE gatehouse_bugs_total counter\n";
     out += "gatehouse_bugs_total " + std::to_string(st.bugs) + "\n";
     out += runtime_->metrics_text();
+    out += async_->metrics_text();
     return out;
   }
 
@@ -706,6 +721,60 @@ class GatewayImpl final : public Gateway {
     });
   }
 
+  // Worker thread of `ex`: queues an asynchronous invocation, then calls `write(result)` back on
+  // that worker once the event is durable (or refused) and resumes the exchange.
+  void submit_async(http::Exchange& ex, runtime::Invocation inv,
+                    std::function<void(http::Exchange&, core::Result<runtime::AcceptedEvent>)> write) {
+    auto* ioc = static_cast<net::io_context*>(ex.io_context());
+    async_->submit(std::move(inv), [ioc, &ex, token = ex.keep_alive_token(),
+                                    write = std::move(write)](
+                                       core::Result<runtime::AcceptedEvent> r) mutable {
+      net::post(*ioc, [&ex, token = std::move(token), write = std::move(write),
+                       r = std::move(r)]() mutable {
+        write(ex, std::move(r));
+        ex.resume();
+      });
+    });
+  }
+
+  // GET /functions/{name}/dead-letters and POST /functions/{name}/dead-letters/{id}/replay.
+  // Blocking pool only.
+  AdminReply admin_dead_letters(const std::string& method, const std::string& function,
+                                const std::string& event_id) {
+    auto fail = [](const core::Error& e) {
+      return AdminReply{core::http_status(e.code), std::string(core::error_name(e.code)),
+                        e.message};
+    };
+    if (event_id.empty()) {
+      if (method != "GET" && method != "HEAD") {
+        return AdminReply{405, "MethodNotAllowed", "use GET"};
+      }
+      auto list = runtime::list_dead_letters(*store_, function, kMaxDeadLettersListed);
+      if (!list) {
+        return fail(list.error());
+      }
+      std::string body = "{\"function\":\"";
+      core::json_escape(body, function);
+      body += "\",\"dead_letters\":[";
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        body += (i == 0 ? "" : ",") + runtime::dead_letter_json((*list)[i]);
+      }
+      body += "]}";
+      return AdminReply{200, {}, std::move(body)};
+    }
+    if (method != "POST") {
+      return AdminReply{405, "MethodNotAllowed", "use POST"};
+    }
+    auto r = async_->replay(function, event_id);
+    if (!r) {
+      return fail(r.error());
+    }
+    std::string body = "{\"event_id\":\"";
+    core::json_escape(body, r->event_id);
+    body += "\",\"message_id\":" + std::to_string(r->message_id) + "}";
+    return AdminReply{202, {}, std::move(body)};
+  }
+
   Authenticator& authenticator() { return *authenticate_; }
   Authorizer& authorizer() { return *authorize_; }
   Throttle& throttle() { return *throttle_; }
@@ -746,6 +815,7 @@ class GatewayImpl final : public Gateway {
   Guard* guard_ = nullptr;
   mutable Metrics metrics_;
   std::unique_ptr<runtime::Runtime> runtime_;  // reset in the destructor before server_
+  std::unique_ptr<runtime::AsyncInvoker> async_;  // borrows store_ and runtime_; reset first
   std::unique_ptr<http::Server> server_;  // declared before proxy_: destroyed after it
   Proxy proxy_;
   Pipeline pipeline_;
@@ -1069,6 +1139,36 @@ http::Step Pipeline::admin_invoke(http::Exchange& ex, Conn& c, std::string_view 
   inv.caller.source = runtime::SourceKind::kDirect;
   inv.caller.request_id = std::string(ex.request_id());
   inv.caller.depth = incoming_depth(req) + 1;
+  // Lambda's Invoke API: X-Amz-Invocation-Type Event queues the event durably and answers 202.
+  const std::string_view type = req.header("x-amz-invocation-type");
+  if (iequals(type, "Event")) {
+    gw_.submit_async(ex, std::move(inv),
+                     [](http::Exchange& x, core::Result<runtime::AcceptedEvent> r) {
+                       if (!r) {
+                         const int status = core::http_status(r.error().code);
+                         http::write_error(x.out(), status, core::error_name(r.error().code),
+                                           r.error().message, x.request_id(), x.keep_alive(),
+                                           status == 429 ? "Retry-After: 1\r\n" : "");
+                         x.set_status(status);
+                         return;
+                       }
+                       std::string body = "{\"event_id\":\"" + r->event_id +
+                                          "\",\"message_id\":" +
+                                          std::to_string(r->message_id) + "}";
+                       http::ResponseWriter w(x.out());
+                       w.start(202, x.request_id(), x.keep_alive());
+                       w.header("Cache-Control", "no-store");
+                       w.header("X-Amz-Request-Id", r->event_id);
+                       w.body("application/json", body);
+                       x.set_status(202);
+                     });
+    return http::Step::kPending;
+  }
+  if (!type.empty() && !iequals(type, "RequestResponse")) {
+    return refuse(ex, c,
+                  Refusal{400, "InvalidParameterValue",
+                          "X-Amz-Invocation-Type must be RequestResponse or Event", {}});
+  }
   gw_.invoke(ex, std::move(inv), [](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
       write_invoke_error(x, r, true);
@@ -1199,14 +1299,42 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
         });
         return http::Step::kPending;
       }
+      constexpr std::string_view kFunctions = "/functions/";
+      constexpr std::string_view kInvoke = "/invoke";
+      constexpr std::string_view kDeadLetters = "/dead-letters";
+      constexpr std::string_view kReplay = "/replay";
+      // /functions/{name}/dead-letters[/{id}/replay]
+      std::function<GatewayImpl::AdminReply()> blocking;
       if (sub == "/keys" || sub.rfind("/keys/", 0) == 0) {
+        blocking = [this, method = std::string(req.method), sub = std::string(sub),
+                    body = std::string(req.body),
+                    snap = c.snapshot] { return gw_.admin_keys(method, sub, body, snap); };
+      } else if (sub.starts_with(kFunctions)) {
+        const std::string_view rest = sub.substr(kFunctions.size());
+        const auto slash = rest.find('/');
+        const std::string_view name = rest.substr(0, slash);
+        const std::string_view tail = slash == std::string_view::npos ? "" : rest.substr(slash);
+        std::string_view event_id;
+        bool match = tail == kDeadLetters;
+        if (!match && tail.starts_with(kDeadLetters) && tail.ends_with(kReplay) &&
+            tail.size() > kDeadLetters.size() + kReplay.size() + 1 &&
+            tail[kDeadLetters.size()] == '/') {
+          event_id = tail.substr(kDeadLetters.size() + 1,
+                                 tail.size() - kDeadLetters.size() - 1 - kReplay.size());
+          match = event_id.find('/') == std::string_view::npos;
+        }
+        if (match && !name.empty()) {
+          blocking = [this, method = std::string(req.method), name = std::string(name),
+                      event_id = std::string(event_id)] {
+            return gw_.admin_dead_letters(method, name, event_id);
+          };
+        }
+      }
+      if (blocking) {
         auto* ioc = static_cast<net::io_context*>(ex.io_context());
         auto token = ex.keep_alive_token();
         gw_.run_blocking(
-            *ioc,
-            [this, method = std::string(req.method), sub = std::string(sub),
-             body = std::string(req.body),
-             snap = c.snapshot] { return gw_.admin_keys(method, sub, body, snap); },
+            *ioc, std::move(blocking),
             [&ex, token](GatewayImpl::AdminReply r) {
               if (r.status < 400) {
                 http::ResponseWriter rw(ex.out());
@@ -1222,8 +1350,6 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
             });
         return http::Step::kPending;
       }
-      constexpr std::string_view kFunctions = "/functions/";
-      constexpr std::string_view kInvoke = "/invoke";
       if (req.method == "POST" && sub.starts_with(kFunctions) && sub.ends_with(kInvoke) &&
           sub.size() > kFunctions.size() + kInvoke.size()) {
         return admin_invoke(

@@ -32,6 +32,7 @@
 #include <mutex>
 #include <thread>
 
+#include "runtime/admission.h"
 #include "runtime/sandbox.h"
 
 namespace gatehouse::runtime {
@@ -46,7 +47,6 @@ using core::ErrorCode;
 
 constexpr std::size_t kMaxResponseBytes = 6 * 1024 * 1024;  // Lambda's synchronous limit
 constexpr std::size_t kMaxErrorBytes = 256 * 1024;
-constexpr auto kInitTimeout = 10s;  // a worker must ask for work this soon after it starts
 constexpr auto kSweepInterval = 100ms;
 constexpr auto kMaxBackoff = 60s;
 constexpr std::string_view kApiPrefix = "/2018-06-01/runtime/";
@@ -77,46 +77,8 @@ std::string uuid() {
          "-" + h.substr(20);
 }
 
-std::string_view source_prefix(SourceKind k) {
-  switch (k) {
-    case SourceKind::kRoute:
-      return "route:";
-    case SourceKind::kTrigger:
-      return "trigger:";
-    case SourceKind::kWorkflow:
-      return "workflow:";
-    case SourceKind::kDirect:
-      break;
-  }
-  return "direct:";
-}
-
-bool pattern_matches(std::string_view pattern, std::string_view value) {
-  if (!pattern.empty() && pattern.back() == '*') {
-    pattern.remove_suffix(1);
-    return value.starts_with(pattern);
-  }
-  return pattern == value;
-}
-
-// Whether `caller` may invoke `f` (see FunctionConfig::invokers).
-bool may_invoke(const config::FunctionConfig& f, const CallerContext& caller) {
-  if (caller.source == SourceKind::kDirect && caller.principal == "admin") {
-    return true;
-  }
-  if (!f.invokers_set) {
-    return caller.source == SourceKind::kRoute;
-  }
-  const std::string source = std::string(source_prefix(caller.source)) + caller.source_name;
-  const std::string principal = "principal:" + caller.principal;
-  for (const std::string& p : f.invokers) {
-    if ((caller.source != SourceKind::kDirect && pattern_matches(p, source)) ||
-        pattern_matches(p, principal)) {
-      return true;
-    }
-  }
-  return false;
-}
+using detail::may_invoke;
+using detail::source_prefix;
 
 // The settings that shape a process: a change means old workers must not take new work.
 std::string process_key(const config::FunctionConfig& f) {
@@ -403,27 +365,15 @@ class RuntimeImpl final : public Runtime {
   void admit(std::unique_ptr<Pending> p) {
     p->enqueued = steady_clock::now();
     const auto it = functions_.find(p->inv.function);
-    if (it == functions_.end() || it->second->removed) {
-      reply(std::move(p), failure(ErrorCode::kNotFound, "ResourceNotFound",
-                                  "no function '" + p->inv.function + "' with a runtime"));
+    const bool known = it != functions_.end() && !it->second->removed;
+    if (auto no = detail::refuse(known ? it->second->cfg.get() : nullptr, max_depth_, p->inv)) {
+      if (known) {
+        it->second->counters->refused.fetch_add(1, std::memory_order_relaxed);
+      }
+      reply(std::move(p), failure(no->code, std::move(no->type), std::move(no->message)));
       return;
     }
     Function& f = *it->second;
-    if (p->inv.caller.depth > max_depth_) {
-      f.counters->refused.fetch_add(1, std::memory_order_relaxed);
-      reply(std::move(p),
-            failure(ErrorCode::kRecursiveInvocation, "RecursiveInvocationStopped",
-                    "lineage depth " + std::to_string(p->inv.caller.depth) +
-                        " is over runtime.max_lineage_depth " + std::to_string(max_depth_)));
-      return;
-    }
-    if (!may_invoke(*f.cfg, p->inv.caller)) {
-      f.counters->refused.fetch_add(1, std::memory_order_relaxed);
-      reply(std::move(p), failure(ErrorCode::kForbidden, "AccessDenied",
-                                  "the caller is not among the invokers of '" +
-                                      p->inv.function + "'"));
-      return;
-    }
     const auto now = steady_clock::now();
     if (!f.last_init_error.empty() && now < f.spawn_allowed_at && idle_worker(f) == nullptr &&
         f.starting() == 0) {
@@ -931,9 +881,12 @@ class RuntimeImpl final : public Runtime {
             w->state == Worker::State::kIdle &&
             now - w->idle_since > std::chrono::seconds(f->cfg->idle_timeout_s);
         const bool init_expired =
-            w->state == Worker::State::kStarting && now - w->started_at > kInitTimeout;
+            w->state == Worker::State::kStarting &&
+            now - w->started_at > std::chrono::seconds(f->cfg->init_timeout_s);
         if (init_expired && w->init_error.empty()) {
-          w->init_error = "the worker did not ask for work within 10 seconds of starting";
+          w->init_error = "the worker did not ask for work within " +
+                          std::to_string(f->cfg->init_timeout_s) +
+                          " seconds of starting (init_timeout_s)";
         }
         if (idle_expired || init_expired || (f->removed && w->state == Worker::State::kIdle)) {
           stale.push_back(w);

@@ -21,6 +21,7 @@
 
 #include "config/config.h"
 #include "core/core.h"
+#include "store/store.h"
 
 namespace gatehouse::runtime {
 
@@ -97,6 +98,86 @@ class Runtime {
   [[nodiscard]] virtual std::string metrics_text() const = 0;
   // Kills every function process, fails what is queued or running with kUnavailable and joins
   // the threads. Idempotent; the destructor calls it.
+  virtual void stop() = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous invocations (docs/runtime.md, "Asynchronous invocation").
+//
+// An accepted event is a message in the durable store queue "async:<function>" before its
+// caller hears 202. A dispatcher leases messages, runs them through a Runtime, and acks them
+// when done; a failure is retried (functions[].async.max_retries, exponential back-off from
+// backoff_s) and then written to the dead-letter table with the last error. Delivery is
+// at-least-once: a message leased by a process that dies is leased again when its lease
+// expires, so an event may run twice.
+
+// An accepted event: its id (stable across retries and replays) and the store message id.
+struct AcceptedEvent {
+  std::string event_id;
+  std::int64_t message_id = 0;
+};
+
+// An event whose attempts are over, as kept in the store table "dead_letters".
+struct DeadLetter {
+  std::string event_id;
+  std::string function;
+  std::string payload;  // the event
+  CallerContext caller;
+  std::string reason;  // RetriesExhausted | EventAgeExceeded | NotRetryable
+  std::string error_type;
+  std::string error_message;
+  std::uint32_t attempts = 0;  // times it ran (or was handed to a process that died)
+  std::uint32_t replays = 0;   // times it was replayed before this failure
+  std::int64_t enqueued_at_ms = 0;  // wall clock, epoch ms, of its (last) acceptance
+  std::int64_t failed_at_ms = 0;
+};
+
+// The JSON document of a dead letter (admin API and CLI).
+[[nodiscard]] std::string dead_letter_json(const DeadLetter& d);
+
+// Blocking store-level operations, for the CLI (no server needed: a running server's dispatcher
+// finds new messages within a second). `config` names the functions and their limits.
+// enqueue_event errors: kNotFound (no function with a runtime), kRecursiveInvocation,
+// kForbidden (invokers), kTooManyRequests (async.max_depth messages queued), kIo.
+[[nodiscard]] core::Result<AcceptedEvent> enqueue_event(store::Store& store,
+                                                        const config::Config& config,
+                                                        const Invocation& inv);
+// At most `limit` dead letters of `function`, oldest failure first. Errors: kIo.
+[[nodiscard]] core::Result<std::vector<DeadLetter>> list_dead_letters(store::Store& store,
+                                                                      std::string_view function,
+                                                                      std::size_t limit);
+// Moves a dead letter back into the queue (attempts start again; the event keeps its id) in one
+// atomic write. Errors: kNotFound (no such dead letter, or the function has no runtime),
+// kTooManyRequests (queue full), kIo.
+[[nodiscard]] core::Result<AcceptedEvent> replay_dead_letter(store::Store& store,
+                                                             const config::Config& config,
+                                                             std::string_view function,
+                                                             std::string_view event_id);
+
+// The dispatcher of a running server. Owns one thread; borrows `store` and `runtime`, which
+// must outlive it. Thread-safety: every method may be called from any thread.
+class AsyncInvoker {
+ public:
+  // Counts what each function's queue holds and starts the dispatcher thread.
+  // Errors: kIo (the store), kInternal (the thread).
+  [[nodiscard]] static core::Result<std::unique_ptr<AsyncInvoker>> create(
+      store::Store& store, Runtime& runtime, const config::Config& config);
+  // Waits for every invocation it started to be answered and recorded: call Runtime::stop()
+  // first (after stop()), or this waits for them to finish.
+  virtual ~AsyncInvoker() = default;
+
+  // Checks `inv` like enqueue_event, writes it to the store and calls `done` once the message is
+  // durable (on the store's writer thread) or refused (on the calling thread). Never blocks.
+  virtual void submit(Invocation inv, std::function<void(core::Result<AcceptedEvent>)> done) = 0;
+  // replay_dead_letter, counted against the queue bound and dispatched at once. Blocking.
+  [[nodiscard]] virtual core::Result<AcceptedEvent> replay(std::string_view function,
+                                                           std::string_view event_id) = 0;
+  // Takes a new config (reload): retries, back-off and bounds apply to later decisions.
+  virtual void update(const config::Config& config) = 0;
+  // Prometheus text: events by result, queue depth.
+  [[nodiscard]] virtual std::string metrics_text() const = 0;
+  // Stops leasing and joins the dispatcher thread; running invocations still complete and are
+  // recorded. Idempotent.
   virtual void stop() = 0;
 };
 

@@ -1,0 +1,243 @@
+"""Asynchronous invocation against the real binary: X-Amz-Invocation-Type Event and
+`gatehouse invoke --async` queue the event durably, a dispatcher runs it, failures are retried
+with back-off and then dead-lettered, dead letters can be listed and replayed, and queued events
+survive a kill -9 of the server.
+
+The functions are `exec` shell scripts that leave marker files in a directory the test reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import gh_helpers as h
+
+# Records each attempt (attempt-N lines), then sleeps $SLEEP, then writes done-N with the event,
+# then fails unless $OUT/ok exists when $FAIL_UNTIL_OK is set.
+SCRIPT = """#!/bin/sh
+ev=$(cat)
+n=$(printf %s "$ev" | sed -n 's/.*"n": *\\([0-9]*\\).*/\\1/p')
+echo x >> "$OUT/attempt-$n"
+sleep "${SLEEP:-0}"
+if [ -n "$FAIL_UNTIL_OK" ] && [ ! -f "$OUT/ok" ]; then
+  echo "event $n failing on purpose" >&2
+  exit 3
+fi
+printf %s "$ev" > "$OUT/done-$n.json"
+echo '{"ok":true}'
+"""
+
+
+def reachable(path: Path):
+    for p in [path, *path.parents]:
+        mode = p.stat().st_mode
+        os.chmod(p, mode | stat.S_IROTH | stat.S_IXOTH)
+        if str(p) == "/":
+            break
+
+
+@pytest.fixture
+def fn_env(tmp_path):
+    """(script path, output dir) readable and writable by the function's user (nobody)."""
+    d = tmp_path / "fn"
+    d.mkdir()
+    script = d / "fn.sh"
+    script.write_text(SCRIPT)
+    script.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    reachable(script)
+    reachable(out)
+    return script, out
+
+
+def shell_fn(script: Path, out: Path, name: str = "job", env=None, **extra) -> dict:
+    f = {"name": name, "runtime": "exec", "command": [str(script)],
+         "env": {"OUT": str(out), **(env or {})}, "timeout_s": 5}
+    f.update(extra)
+    return f
+
+
+def invoke_async(g, function: str, payload, headers=None) -> h.Response:
+    return h.get(g.port, f"/admin/functions/{function}/invoke", method="POST",
+                 body=json.dumps(payload).encode(),
+                 headers={**h.AUTH, "X-Amz-Invocation-Type": "Event", **(headers or {})},
+                 timeout=10)
+
+
+def attempts(out: Path, n: int) -> int:
+    p = out / f"attempt-{n}"
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def dead_letters(g, function: str) -> list:
+    r = h.get(g.port, f"/admin/functions/{function}/dead-letters", headers=h.AUTH)
+    assert r.status == 200, r.body
+    return r.json()["dead_letters"]
+
+
+@pytest.mark.deadline(60)
+def test_event_is_accepted_with_202_and_runs(start_gatehouse, fn_env, gatehouse_bin):
+    script, out = fn_env
+
+    def modify(cfg):
+        cfg["functions"] = [shell_fn(script, out)]
+    g = start_gatehouse(modify)
+    t0 = time.monotonic()
+    r = invoke_async(g, "job", {"n": 1, "text": "hello"})
+    assert r.status == 202, r.body
+    assert time.monotonic() - t0 < 2
+    event_id = r.json()["event_id"]
+    assert len(event_id) == 32 and r.header("x-amz-request-id") == event_id
+    h.wait_until(lambda: (out / "done-1.json").exists(), 10, what="event 1 ran")
+    assert json.loads((out / "done-1.json").read_text()) == {"n": 1, "text": "hello"}
+
+    # Several at once, all run exactly once (nothing fails, so nothing is retried).
+    for n in range(2, 7):
+        assert invoke_async(g, "job", {"n": n}).status == 202
+    h.wait_until(lambda: all((out / f"done-{n}.json").exists() for n in range(2, 7)), 15,
+                 what="events 2..6 ran")
+    g.wait_metric("gatehouse_async_events_total", 6, function="job", result="succeeded")
+    assert all(attempts(out, n) == 1 for n in range(1, 7))
+    h.wait_until(lambda: g.metric("gatehouse_async_queue_depth", function="job") == 0, 5,
+                 what="queue empty")
+
+    # The CLI writes to the store; the running server's dispatcher picks it up.
+    cli = subprocess.run([gatehouse_bin, "invoke", "job", "--async", "--config",
+                          str(g.config_path), "--payload", '{"n": 7}'],
+                         capture_output=True, text=True, timeout=20, cwd=g.workdir)
+    assert cli.returncode == 0, cli.stderr
+    assert len(json.loads(cli.stdout)["event_id"]) == 32
+    h.wait_until(lambda: (out / "done-7.json").exists(), 10, what="CLI event ran")
+
+    # Refusals happen before anything is queued.
+    assert invoke_async(g, "nope", {"n": 8}).status == 404
+    bad = h.get(g.port, "/admin/functions/job/invoke", method="POST", body=b"{}",
+                headers={**h.AUTH, "X-Amz-Invocation-Type": "Later"})
+    assert bad.status == 400, bad.body
+    assert invoke_async(g, "job", {"n": 9}, headers={"x-gatehouse-lineage-depth": "40"}).status \
+        == 508
+
+
+@pytest.mark.deadline(90)
+def test_failing_event_is_retried_max_retries_times_then_dead_lettered_and_replayed(
+        start_gatehouse, fn_env, gatehouse_bin):
+    script, out = fn_env
+
+    def modify(cfg):
+        cfg["functions"] = [shell_fn(script, out, env={"FAIL_UNTIL_OK": "1"},
+                                     **{"async": {"max_retries": 2, "backoff_s": 1}})]
+    g = start_gatehouse(modify)
+    t0 = time.monotonic()
+    assert invoke_async(g, "job", {"n": 1}).status == 202
+    letters = h.wait_until(lambda: dead_letters(g, "job"), 20, what="a dead letter")
+    elapsed = time.monotonic() - t0
+    assert attempts(out, 1) == 3  # the first attempt and max_retries = 2 retries
+    assert elapsed >= 3  # back-off: 1 s before the first retry, 2 s before the second
+    [d] = letters
+    assert d["attempts"] == 3
+    assert d["reason"] == "RetriesExhausted"
+    assert d["error_type"] == "Runtime.ExitError"
+    assert "exited with code 3" in d["error_message"]
+    assert json.loads(d["payload"]) == {"n": 1}
+    assert d["caller"]["principal"] == "admin"
+    assert d["failed_at_ms"] >= d["enqueued_at_ms"] > 0
+    time.sleep(2.5)  # nothing more runs once it is dead
+    assert attempts(out, 1) == 3
+    assert g.metric("gatehouse_async_events_total", function="job", result="retried") == 2
+    assert g.metric("gatehouse_async_events_total", function="job", result="dead_lettered") == 1
+    assert g.metric("gatehouse_function_invocations_total", function="job",
+                    result="function_error") == 3
+
+    # Replay through the admin API once the cause is fixed: it runs and the dead letter is gone.
+    (out / "ok").write_text("")
+    r = h.get(g.port, f"/admin/functions/job/dead-letters/{d['event_id']}/replay", method="POST",
+              headers=h.AUTH)
+    assert r.status == 202, r.body
+    assert r.json()["event_id"] == d["event_id"]
+    h.wait_until(lambda: (out / "done-1.json").exists(), 10, what="replayed event ran")
+    assert attempts(out, 1) == 4
+    assert dead_letters(g, "job") == []
+    again = h.get(g.port, f"/admin/functions/job/dead-letters/{d['event_id']}/replay",
+                  method="POST", headers=h.AUTH)
+    assert again.status == 404
+
+    # The CLI lists and replays from the store too.
+    os.unlink(out / "ok")
+    assert invoke_async(g, "job", {"n": 2}).status == 202
+    h.wait_until(lambda: dead_letters(g, "job"), 20, what="second dead letter")
+    listed = subprocess.run([gatehouse_bin, "dead-letters", "list", "job", "--config",
+                             str(g.config_path)], capture_output=True, text=True, timeout=20,
+                            cwd=g.workdir)
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    cli_letter = json.loads(line)
+    assert json.loads(cli_letter["payload"]) == {"n": 2} and cli_letter["attempts"] == 3
+    (out / "ok").write_text("")
+    replay = subprocess.run([gatehouse_bin, "dead-letters", "replay", "job",
+                             cli_letter["event_id"], "--config", str(g.config_path)],
+                            capture_output=True, text=True, timeout=20, cwd=g.workdir)
+    assert replay.returncode == 0, replay.stderr
+    h.wait_until(lambda: (out / "done-2.json").exists(), 10, what="CLI-replayed event ran")
+    missing = subprocess.run([gatehouse_bin, "dead-letters", "replay", "job", "nope", "--config",
+                              str(g.config_path)], capture_output=True, text=True, timeout=20,
+                             cwd=g.workdir)
+    assert missing.returncode == 3
+
+
+@pytest.mark.deadline(60)
+def test_queue_past_max_depth_is_refused_with_429(start_gatehouse, fn_env):
+    script, out = fn_env
+
+    def modify(cfg):
+        cfg["functions"] = [shell_fn(script, out, env={"SLEEP": "3"}, reserved_concurrency=1,
+                                     **{"async": {"max_depth": 2}})]
+    g = start_gatehouse(modify)
+    assert invoke_async(g, "job", {"n": 1}).status == 202
+    assert invoke_async(g, "job", {"n": 2}).status == 202
+    r = invoke_async(g, "job", {"n": 3})
+    assert r.status == 429, r.body
+    assert r.json()["error"]["code"] == "TooManyRequests"
+    assert r.header("retry-after") == "1"
+    h.wait_until(lambda: (out / "done-2.json").exists(), 15, what="queued events ran")
+    assert not (out / "attempt-3").exists()
+    assert invoke_async(g, "job", {"n": 4}).status == 202  # room again
+    assert g.metric("gatehouse_async_events_total", function="job", result="refused") == 1
+
+
+@pytest.mark.deadline(120)
+def test_queued_events_survive_kill_9(start_gatehouse, fn_env):
+    script, out = fn_env
+
+    def modify(cfg):
+        cfg["functions"] = [shell_fn(script, out, env={"SLEEP": "2"}, reserved_concurrency=1,
+                                     timeout_s=4, init_timeout_s=1)]
+    g = start_gatehouse(modify)
+    for n in range(1, 5):
+        assert invoke_async(g, "job", {"n": n}).status == 202
+    # One runs (leased), three wait in the queue: kill the server in the middle of the first.
+    h.wait_until(lambda: attempts(out, 1) == 1, 10, what="event 1 started")
+    g.proc.send_signal(signal.SIGKILL)
+    g.proc.wait(5)
+    assert not (out / "done-1.json").exists()
+    assert not any((out / f"attempt-{n}").exists() for n in range(2, 5))
+    g._out.close()
+    g._err.close()
+
+    g.start()  # same config, same store
+    # Events 2..4 were never leased: they run at once. Event 1's lease (2 * timeout_s +
+    # init_timeout_s + 5 s = 14 s) must expire first, then it runs again (at-least-once).
+    h.wait_until(lambda: all((out / f"done-{n}.json").exists() for n in range(1, 5)), 40,
+                 what="every accepted event ran after the restart")
+    assert attempts(out, 1) == 2
+    assert all(attempts(out, n) == 1 for n in range(2, 5))
+    h.wait_until(lambda: g.metric("gatehouse_async_queue_depth", function="job") == 0, 5,
+                 what="queue empty")
