@@ -95,14 +95,12 @@ enum class FunctionRuntime : std::uint8_t { kNone, kLambda, kExec };
 // What a function process may reach on the network (YAML sandbox.network).
 enum class NetworkMode : std::uint8_t {
   kNone,      // its own empty network namespace (only its own loopback); the default
-  kLoopback,  // its own network namespace with its loopback up: 127.0.0.1 works, nothing else
+  kLoopback,  // reserved: today the host network, with a warning at start (not enforced yet)
   kHost,      // the host network
 };
 
 struct SandboxConfig {
   NetworkMode network = NetworkMode::kNone;  // none | loopback | host; default none
-  std::uint32_t tmp_mb = 64;                 // size of the function's private /tmp (tmpfs);
-                                             // 1..4096
 };
 
 // Asynchronous invocations of a function (YAML functions[].async; docs/runtime.md): how often a

@@ -183,9 +183,9 @@ Event new_event(Invocation inv) {
 }
 
 core::Error queue_full(const config::FunctionConfig& f) {
-  return core::Error{ErrorCode::kTooManyRequests,
-                     "the asynchronous queue of '" + f.name + "' is full (async.max_depth " +
-                         std::to_string(f.async.max_depth) + ")"};
+  return core::Error{ErrorCode::kTooManyRequests, "the asynchronous queue of '" + f.name +
+                                                      "' is full (async.max_depth " +
+                                                      std::to_string(f.async.max_depth) + ")"};
 }
 
 // The event a dead letter is replayed as, and the batch that moves it (atomically).
@@ -366,17 +366,17 @@ class AsyncInvokerImpl final : public AsyncInvoker {
     Event e = new_event(std::move(inv));
     const std::string fn = e.inv.function;
     std::string id = e.id;
-    store_.write({store::Enqueue{queue_name(fn), encode(e), {}}},
-                 [this, fn, id = std::move(id),
-                  done = std::move(done)](core::Result<store::CommitInfo> r) {
-                   settle(fn, r.has_value());
-                   if (r) {
-                     done(AcceptedEvent{id, r->enqueued_ids.at(0)});
-                   } else {
-                     done(tl::unexpected(r.error()));
-                   }
-                   finish_one();
-                 });
+    store_.write(
+        {store::Enqueue{queue_name(fn), encode(e), {}}},
+        [this, fn, id = std::move(id), done = std::move(done)](core::Result<store::CommitInfo> r) {
+          settle(fn, r.has_value());
+          if (r) {
+            done(AcceptedEvent{id, r->enqueued_ids.at(0)});
+          } else {
+            done(tl::unexpected(r.error()));
+          }
+          finish_one();
+        });
   }
 
   core::Result<AcceptedEvent> replay(std::string_view function,
@@ -433,8 +433,8 @@ class AsyncInvokerImpl final : public AsyncInvoker {
     }
     out += "# TYPE gatehouse_async_queue_depth gauge\n";
     for (const auto& [name, st] : fns_) {
-      out += "gatehouse_async_queue_depth{function=\"" + name + "\"} " +
-             std::to_string(st.stored) + "\n";
+      out += "gatehouse_async_queue_depth{function=\"" + name + "\"} " + std::to_string(st.stored) +
+             "\n";
     }
     return out;
   }
@@ -625,8 +625,8 @@ class AsyncInvokerImpl final : public AsyncInvoker {
     });
   }
 
-  void on_result(const std::string& function, const config::FunctionConfig& cfg,
-                 std::int64_t id, Event ev, std::uint32_t attempt, InvokeResult r) {
+  void on_result(const std::string& function, const config::FunctionConfig& cfg, std::int64_t id,
+                 Event ev, std::uint32_t attempt, InvokeResult r) {
     if (r.ok) {
       end(function, id, {store::Ack{queue_name(function), id}}, Outcome::kSucceeded, {});
       return;
@@ -671,8 +671,8 @@ class AsyncInvokerImpl final : public AsyncInvoker {
         outcome, steady_clock::now() + delay);
   }
 
-  void dead_letter(const std::string& function, std::int64_t id, Event ev,
-                   std::uint32_t attempts, std::string_view reason) {
+  void dead_letter(const std::string& function, std::int64_t id, Event ev, std::uint32_t attempts,
+                   std::string_view reason) {
     DeadLetter d;
     d.event_id = ev.id;
     d.function = function;

@@ -565,6 +565,43 @@ plans:
   EXPECT_EQ(c.plans[0].quota.limit, 1U);
 }
 
+// functions[].async and init_timeout_s: defaults, and both ends of every bound.
+TEST(ConfigGood, AsyncAndInitTimeout) {
+  const Config c = ok(R"(
+functions:
+  - {name: d, runtime: exec, command: [/bin/true]}
+  - name: lo
+    runtime: lambda
+    command: [/bin/true]
+    init_timeout_s: 1
+    async: {max_retries: 0, backoff_s: 0, max_age_s: 1, max_depth: 1}
+  - name: hi
+    runtime: exec
+    command: [/bin/true]
+    init_timeout_s: 900
+    async: {max_retries: 100, backoff_s: 3600, max_age_s: 1209600, max_depth: 1000000}
+)");
+  ASSERT_EQ(c.functions.size(), 3U);
+  const FunctionConfig& d = c.functions[0];
+  EXPECT_EQ(d.init_timeout_s, 10U);
+  EXPECT_EQ(d.async.max_retries, 2U);
+  EXPECT_EQ(d.async.backoff_s, 1U);
+  EXPECT_EQ(d.async.max_age_s, 21'600U);
+  EXPECT_EQ(d.async.max_depth, 10'000U);
+  const FunctionConfig& lo = c.functions[1];
+  EXPECT_EQ(lo.init_timeout_s, 1U);
+  EXPECT_EQ(lo.async.max_retries, 0U);
+  EXPECT_EQ(lo.async.backoff_s, 0U);
+  EXPECT_EQ(lo.async.max_age_s, 1U);
+  EXPECT_EQ(lo.async.max_depth, 1U);
+  const FunctionConfig& hi = c.functions[2];
+  EXPECT_EQ(hi.init_timeout_s, 900U);
+  EXPECT_EQ(hi.async.max_retries, 100U);
+  EXPECT_EQ(hi.async.backoff_s, 3600U);
+  EXPECT_EQ(hi.async.max_age_s, 1'209'600U);
+  EXPECT_EQ(hi.async.max_depth, 1'000'000U);
+}
+
 TEST(ConfigErrors, PlanOverrideChecks) {
   // One error per problem, at the override's route.
   EXPECT_THAT(errors(R"(
