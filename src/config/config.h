@@ -94,13 +94,16 @@ enum class FunctionRuntime : std::uint8_t { kNone, kLambda, kExec };
 
 // What a function process may reach on the network (YAML sandbox.network).
 enum class NetworkMode : std::uint8_t {
-  kNone,      // its own empty network namespace (only its own loopback); the default
-  kLoopback,  // reserved: today the host network, with a warning at start (not enforced yet)
+  kNone,      // its own network namespace: nothing but the runtime API; listen() refused.
+              // The default
+  kLoopback,  // its own network namespace with its loopback up: its own 127.0.0.1 services
   kHost,      // the host network
 };
 
 struct SandboxConfig {
   NetworkMode network = NetworkMode::kNone;  // none | loopback | host; default none
+  std::uint32_t tmp_mb = 64;  // size of its private /tmp (and /dev/shm), tmpfs counted in
+                              // memory_mb; 1..10240, default 64
 };
 
 // A function: its limits (however it is reached: every route whose `function` names it) and,

@@ -123,7 +123,8 @@ std::string process_key(const config::FunctionConfig& f) {
   std::string k = std::to_string(static_cast<int>(f.runtime)) + '\0' + f.working_dir + '\0' +
                   f.handler + '\0' + std::to_string(f.memory_mb) + '\0' +
                   std::to_string(f.max_pids) + '\0' +
-                  std::to_string(static_cast<int>(f.sandbox.network)) + '\0' + f.role + '\0';
+                  std::to_string(static_cast<int>(f.sandbox.network)) + '\0' +
+                  std::to_string(f.sandbox.tmp_mb) + '\0' + f.role + '\0';
   for (const auto& a : f.command) {
     k += a + '\x01';
   }
@@ -365,12 +366,6 @@ class RuntimeImpl final : public Runtime {
         slot->init_failures = 0;
         slot->spawn_allowed_at = {};
       }
-      if (fc.sandbox.network == config::NetworkMode::kLoopback) {
-        spdlog::warn(
-            "function {}: sandbox.network loopback is not enforced yet; it runs in the host "
-            "network namespace",
-            fc.name);
-      }
     }
     for (auto& [name, f] : functions_) {
       if (f->removed) {
@@ -543,7 +538,9 @@ class RuntimeImpl final : public Runtime {
     spec.working_dir = fc.working_dir;
     spec.name = fc.name + "-" + std::to_string(w->id);
     spec.runtime_api = lambda;
-    spec.new_netns = fc.sandbox.network == config::NetworkMode::kNone;
+    spec.network = fc.sandbox.network;
+    spec.tmp_bytes = std::uint64_t{fc.sandbox.tmp_mb} * 1024 * 1024;
+    spec.hostname = fc.name;
     spec.stdin_pipe = !lambda;
     spec.memory_bytes = std::uint64_t{fc.memory_mb} * 1024 * 1024;
     spec.max_pids = fc.max_pids;
@@ -808,9 +805,7 @@ class RuntimeImpl final : public Runtime {
   }
 
   void on_exit(const std::shared_ptr<Worker>& w) {
-    int status = 0;
-    while (::waitpid(w->proc.pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    const int status = detail::reap(w->proc);
     w->exited = true;
     w->wait_status = status;
     Function& f = *w->fn;
