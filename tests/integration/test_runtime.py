@@ -154,18 +154,22 @@ def test_exec_shell_function_with_proxy_response_and_payload_1_0(start_gatehouse
     assert direct.status == 200 and direct.json() == {"raw": True}
 
 
-@pytest.mark.deadline(90)
-def test_node_function_through_aws_lambda_ric(start_gatehouse):
+def node_function(name: str, **extra) -> dict:
+    """tests/functions/node/index.mjs run by the npm aws-lambda-ric."""
     ric = NODE_DIR / "node_modules" / "aws-lambda-ric" / "index.mjs"
     if not ric.exists():
         pytest.fail(f"{ric} is missing: run scripts/setup (npm ci in tests/functions/node)")
     world_readable(ric)
-
-    def modify(cfg):
-        cfg["functions"] = [{
-            "name": "node", "runtime": "lambda", "command": ["/usr/bin/node", str(ric)],
+    world_readable(NODE_DIR / "index.mjs")
+    return {"name": name, "runtime": "lambda", "command": ["/usr/bin/node", str(ric)],
             "working_dir": str(NODE_DIR), "handler": "index.handler", "memory_mb": 256,
-            "max_pids": 128, "timeout_s": 20}]
+            "max_pids": 128, "timeout_s": 20, **extra}
+
+
+@pytest.mark.deadline(90)
+def test_node_function_through_aws_lambda_ric(start_gatehouse):
+    def modify(cfg):
+        cfg["functions"] = [node_function("node")]
         cfg["routes"].append(function_route("node", "POST", "/node/{p}", "node"))
     g = start_gatehouse(modify)
     r = g.get("/node/abc", method="POST", body=b'{"q": 1}', timeout=20)
