@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -247,7 +248,6 @@ constexpr int kInitStatusFd = 3;  // the exec'd init writes the function's wait 
 // Where a child's setup failed, reported to the parent with errno over the error pipe.
 enum class Step : int {
   kSetpgid,
-  kParentGone,
   kLoopback,
   kHostname,
   kMountPrivate,
@@ -270,7 +270,6 @@ enum class Step : int {
 };
 constexpr std::string_view kStepNames[] = {
     "setpgid",
-    "checking that the gateway is alive",
     "bringing up the loopback interface",
     "sethostname",
     "making the mounts private (mount namespace)",
@@ -352,16 +351,21 @@ bool gateway_alive(int pidfd) {
 }
 
 // Remounts the mount at `path` read-only, keeping its other per-mount flags (a bind remount
-// clears the flags it is not given). statfs reports them in f_flags with the MS_ values.
+// clears the flags it is not given). statfs reports them in f_flags as ST_* values.
 bool remount_readonly(const char* path) {
   struct statfs st {};
   if (::statfs(path, &st) != 0) {
     return false;
   }
-  constexpr unsigned long kKeep =
-      MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME;
-  const unsigned long flags =
-      MS_REMOUNT | MS_BIND | MS_RDONLY | (static_cast<unsigned long>(st.f_flags) & kKeep);
+  constexpr std::pair<unsigned long, unsigned long> kKeep[] = {
+      {ST_NOSUID, MS_NOSUID},     {ST_NODEV, MS_NODEV},           {ST_NOEXEC, MS_NOEXEC},
+      {ST_NOATIME, MS_NOATIME},   {ST_NODIRATIME, MS_NODIRATIME}, {ST_RELATIME, MS_RELATIME}};
+  unsigned long flags = MS_REMOUNT | MS_BIND | MS_RDONLY;
+  for (const auto& [st_flag, ms_flag] : kKeep) {
+    if ((static_cast<unsigned long>(st.f_flags) & st_flag) != 0) {
+      flags |= ms_flag;
+    }
+  }
   return ::mount(nullptr, path, nullptr, flags, nullptr) == 0;
 }
 
@@ -757,11 +761,14 @@ HostCapabilities detect_host() {
   }
 
   // Seccomp first: the probe below checks that the filter installs and refuses.
-  if (auto f = build_seccomp(true); f) {
-    h.seccomp = std::move(*f);
-  }
-  if (auto f = build_seccomp(false); f) {
-    h.seccomp_no_listen = std::move(*f);
+  std::string seccomp_error = "the filter does not install";
+  auto with_listen = build_seccomp(true);
+  auto without_listen = build_seccomp(false);
+  if (with_listen && without_listen) {
+    h.seccomp = std::move(*with_listen);
+    h.seccomp_no_listen = std::move(*without_listen);
+  } else {
+    seccomp_error = (with_listen ? without_listen : with_listen).error().message;
   }
   constexpr unsigned long kAll =
       CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
@@ -821,9 +828,9 @@ HostCapabilities detect_host() {
     missing.emplace_back("UTS namespace (functions see the host's hostname)");
   }
   if (h.seccomp.insns.empty()) {
-    missing.emplace_back(
-        "seccomp (functions may call ptrace, bpf, keyctl, unshare ... limited only by their "
-        "uid)");
+    missing.emplace_back("seccomp (" + seccomp_error +
+                         ": functions may call ptrace, bpf, keyctl, unshare ... limited only "
+                         "by their uid)");
   }
   if (!missing.empty()) {
     std::string w =

@@ -1,7 +1,9 @@
 #pragma once
-// Private to the runtime: starting a function process inside its limits, and killing its whole
-// process tree. Linux only. detect() and spawn() block (file I/O, fork); call them off the
-// runtime's I/O thread. kill_tree() and the cgroup readers are cheap syscalls.
+// Private to the runtime: starting a function process inside its limits and its sandbox
+// (docs/runtime.md, "The sandbox"), and killing its whole process tree. Linux only.
+// detect_host() and spawn() block (file I/O, clone, waiting for the child's exec); call them off
+// the runtime's I/O thread. reap() blocks until the process has exited (call it once its pidfd
+// is readable). kill_tree() and the cgroup readers are cheap syscalls.
 
 #include <linux/filter.h>
 #include <sys/types.h>
@@ -40,7 +42,9 @@ struct HostCapabilities {
   // loopback and host, `seccomp_no_listen` for network none (listen() refused as well).
   SeccompProgram seccomp;
   SeccompProgram seccomp_no_listen;
-  int self_exe = -1;  // O_PATH descriptor of our own binary, exec'd as the pid namespace's init
+  int self_exe = -1;  // O_PATH descriptor of our own binary, exec'd as the pid namespace's
+                      // init; owned by the value detect_host() returned (cleanup_host closes
+                      // it), copies only borrow it
   // At most one line naming every missing layer and what that means, for the log.
   std::vector<std::string> warnings;
 };
