@@ -94,9 +94,10 @@ enum class FunctionRuntime : std::uint8_t { kNone, kLambda, kExec };
 
 // What a function process may reach on the network (YAML sandbox.network).
 enum class NetworkMode : std::uint8_t {
-  kNone,      // its own network namespace: nothing but the runtime API; listen() refused.
-              // The default
-  kLoopback,  // its own network namespace with its loopback up: its own 127.0.0.1 services
+  kNone,      // its own network namespace: nothing but the runtime API; listen() and unix
+              // sockets refused. The default
+  kLoopback,  // its own network namespace with its loopback up: its own 127.0.0.1 services;
+              // unix sockets refused
   kHost,      // the host network
 };
 

@@ -762,18 +762,22 @@ HostCapabilities detect_host() {
 
   // Seccomp first: the probe below checks that the filter installs and refuses.
   std::string seccomp_error = "the filter does not install";
-  auto with_listen = build_seccomp(true);
-  auto without_listen = build_seccomp(false);
-  if (with_listen && without_listen) {
-    h.seccomp = std::move(*with_listen);
-    h.seccomp_no_listen = std::move(*without_listen);
-  } else {
-    seccomp_error = (with_listen ? without_listen : with_listen).error().message;
+  for (auto mode : {config::NetworkMode::kNone, config::NetworkMode::kLoopback,
+                    config::NetworkMode::kHost}) {
+    auto f = build_seccomp(mode);
+    if (!f) {
+      seccomp_error = f.error().message;
+      h.seccomp = {};
+      break;
+    }
+    h.seccomp[static_cast<std::size_t>(mode)] = std::move(*f);
   }
+  static_assert(static_cast<std::size_t>(config::NetworkMode::kHost) == 2);
+  const SeccompProgram& probe_filter = h.seccomp[2];
   constexpr unsigned long kAll =
       CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
   unsigned long flags = kAll;
-  int bits = probe_in_child(flags, h.seccomp);
+  int bits = probe_in_child(flags, probe_filter);
   if (bits < 0) {
     // Some namespace is refused: find out which, and probe with the others.
     flags = 0;
@@ -783,7 +787,7 @@ HostCapabilities detect_host() {
         flags |= f;
       }
     }
-    bits = probe_in_child(flags, h.seccomp);
+    bits = probe_in_child(flags, probe_filter);
   }
   if (bits < 0) {
     bits = 0;
@@ -798,8 +802,7 @@ HostCapabilities detect_host() {
   h.pidns = (flags & CLONE_NEWPID) != 0 && h.mountns && has(kProbeProc);
   h.readonly_recursive = h.mountns && has(kProbeReadOnly);
   if (!has(kProbeSeccomp)) {
-    h.seccomp.insns.clear();
-    h.seccomp_no_listen.insns.clear();
+    h.seccomp = {};
   }
   if (!h.netns) {
     missing.emplace_back(
@@ -827,7 +830,7 @@ HostCapabilities detect_host() {
   if (!h.utsns) {
     missing.emplace_back("UTS namespace (functions see the host's hostname)");
   }
-  if (h.seccomp.insns.empty()) {
+  if (h.seccomp[0].insns.empty()) {
     missing.emplace_back("seccomp (" + seccomp_error +
                          ": functions may call ptrace, bpf, keyctl, unshare ... limited only "
                          "by their uid)");
@@ -996,8 +999,7 @@ core::Result<Spawned> spawn(const SpawnSpec& spec, const HostCapabilities& host)
   const std::string tmp_options = "size=" + std::to_string(tmp_bytes) +
                                   ",nr_inodes=" + std::to_string(1024 + tmp_bytes / 4096) +
                                   ",mode=1777";
-  const SeccompProgram& filter =
-      spec.network == config::NetworkMode::kNone ? host.seccomp_no_listen : host.seccomp;
+  const SeccompProgram& filter = host.seccomp[static_cast<std::size_t>(spec.network)];
 
   if (::pipe2(err_pipe, O_CLOEXEC) != 0 ||
       (spec.runtime_api && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fd_sock) != 0) ||

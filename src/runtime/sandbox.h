@@ -8,6 +8,7 @@
 #include <linux/filter.h>
 #include <sys/types.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -38,10 +39,9 @@ struct HostCapabilities {
                                     // (Linux 5.12); without it only / and the function
                                     // directory are remounted read-only
   bool root = false;        // running as uid 0
-  // The seccomp filters (docs/runtime.md lists what they refuse): `seccomp` for network
-  // loopback and host, `seccomp_no_listen` for network none (listen() refused as well).
-  SeccompProgram seccomp;
-  SeccompProgram seccomp_no_listen;
+  // The seccomp filters (docs/runtime.md lists what they refuse), one per sandbox.network
+  // mode, indexed by config::NetworkMode; all empty when the host cannot install them.
+  std::array<SeccompProgram, 3> seccomp;
   int self_exe = -1;  // O_PATH descriptor of our own binary, exec'd as the pid namespace's
                       // init; owned by the value detect_host() returned (cleanup_host closes
                       // it), copies only borrow it
@@ -57,11 +57,14 @@ struct HostCapabilities {
 // Removes the directories detect_host() created (they must be empty) and closes self_exe.
 void cleanup_host(HostCapabilities& host);
 
-// Builds the seccomp filter: every syscall allowed except the ones that reach the kernel's
-// administrative or cross-process surface, which fail with EPERM (clone3 fails with ENOSYS so
-// that libc falls back to clone, whose namespace flags are refused). `allow_listen` false also
-// refuses listen(). Errors: kInternal when libseccomp cannot build it.
-[[nodiscard]] core::Result<SeccompProgram> build_seccomp(bool allow_listen);
+// Builds the seccomp filter for a function with sandbox.network `network`: every syscall
+// allowed except the ones that reach the kernel's administrative or cross-process surface,
+// which fail with EPERM (clone3 fails with ENOSYS so that libc falls back to clone, whose
+// namespace flags are refused). none and loopback also refuse socket(AF_UNIX) and
+// socket(AF_VSOCK) (the host's filesystem sockets and the hypervisor are outside any network
+// namespace; socketpair stays), none also listen(). Errors: kInternal when libseccomp cannot
+// build it.
+[[nodiscard]] core::Result<SeccompProgram> build_seccomp(config::NetworkMode network);
 // Installs `p` on the calling thread (needs no_new_privs or CAP_SYS_ADMIN). Async-signal-safe.
 // Returns 0 or an errno value.
 int install_seccomp(const SeccompProgram& p);

@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -57,7 +58,7 @@ tl::unexpected<core::Error> build_error(const std::string& what, int rc) {
 
 }  // namespace
 
-core::Result<SeccompProgram> build_seccomp(bool allow_listen) {
+core::Result<SeccompProgram> build_seccomp(config::NetworkMode network) {
   std::unique_ptr<void, CtxDeleter> ctx(seccomp_init(SCMP_ACT_ALLOW));
   if (!ctx) {
     return build_error("seccomp_init", ENOMEM);
@@ -83,9 +84,19 @@ core::Result<SeccompProgram> build_seccomp(bool allow_listen) {
       return build_error(std::string("rule for ") + name, rc);
     }
   }
-  if (!allow_listen) {
+  if (network == config::NetworkMode::kNone) {
     if (int rc = refuse("listen", SCMP_ACT_ERRNO(EPERM), 0, nullptr); rc != 0) {
       return build_error("rule for listen", rc);
+    }
+  }
+  if (network != config::NetworkMode::kHost) {
+    // A network namespace hides the host's TCP/IP and abstract sockets, not its socket files
+    // (dbus, docker, databases under /run) nor vsock to the hypervisor.
+    for (std::uint64_t family : {AF_UNIX, AF_VSOCK}) {
+      const scmp_arg_cmp cmp{0, SCMP_CMP_EQ, family, 0};
+      if (int rc = refuse("socket", SCMP_ACT_ERRNO(EPERM), 1, &cmp); rc != 0) {
+        return build_error("rule for socket", rc);
+      }
     }
   }
   // clone's flags are its first argument on x86_64 and aarch64 (not on s390).

@@ -4,8 +4,9 @@ escape from inside while a healthy function keeps answering beside it.
 Layers (docs/runtime.md, "The sandbox"): seccomp refuses ptrace, mount, unshare, bpf and the
 like with EPERM; every mount is read-only, the function's own directory included; /tmp is a
 private, size-capped tmpfs; /proc lists only the function's own processes; the hostname is the
-function's name; network none reaches nothing, loopback only its own 127.0.0.1. These tests
-need the layers: on a host that lacks one they fail, naming it (from the start-up warning)."""
+function's name; network none reaches nothing, loopback only its own 127.0.0.1 (neither reaches
+the host's unix sockets). These tests need the layers: on a host that lacks one they fail,
+naming it (from the start-up warning)."""
 
 from __future__ import annotations
 
@@ -135,7 +136,17 @@ def test_processes_and_hostname_are_its_own(start_gatehouse, fn_dir):
 
 
 @pytest.mark.deadline(60)
-def test_network_modes(start_gatehouse, fn_dir):
+def test_network_modes(start_gatehouse, fn_dir, tmp_path):
+    # A unix socket server of the host's, in a directory functions can reach (read-only): no
+    # network namespace hides it, the filter does.
+    unix_dir = tmp_path / "sock"
+    unix_dir.mkdir()
+    world_readable(unix_dir)
+    unix_path = unix_dir / "host.sock"
+    unix_server = socket.socket(socket.AF_UNIX)
+    unix_server.bind(str(unix_path))
+    unix_server.listen(8)
+    os.chmod(unix_path, 0o777)
     # A server on the host's loopback that nothing in a function's namespace may reach.
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -170,13 +181,19 @@ def test_network_modes(start_gatehouse, fn_dir):
         local = invoke(g, "local", host_server).json()["connect"]
         assert local != "ok", local
         assert invoke(g, "local", outside).json()["connect"] != "ok"
-        # host: the same server is reachable (so the refusals above are the sandbox's).
+        # Neither reaches the host's unix sockets.
+        host_unix = {"op": "unix", "path": str(unix_path)}
+        assert invoke(g, "sealed", host_unix).json()["unix"] == f"socket: {EPERM}"
+        assert invoke(g, "local", host_unix).json()["unix"] == f"socket: {EPERM}"
+        # host: the same servers are reachable (so the refusals above are the sandbox's).
         assert invoke(g, "open", host_server).json()["connect"] == "ok"
+        assert invoke(g, "open", host_unix).json()["unix"] == "ok"
         healthy_beside(g)
     finally:
         stop.set()
         t.join(2)
         server.close()
+        unix_server.close()
 
 
 @pytest.mark.deadline(90)

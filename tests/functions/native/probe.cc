@@ -6,6 +6,7 @@
 //            bytes
 //   procs    the processes /proc shows (pid and comm), its own pid, its hostname
 //   connect  a TCP connect to "host":"port"
+//   unix     a connect to the unix socket at "path" (a server of the host's)
 //   listen   listen on 127.0.0.1, connect to itself, accept
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -166,6 +168,19 @@ std::string connect_to(const std::string& host, int port) {
   return "{\"connect\":\"" + r + "\"}";
 }
 
+std::string connect_unix(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  if (fd < 0) {
+    return "{\"unix\":\"socket: " + std::string(std::strerror(errno)) + "\"}";
+  }
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  path.copy(a.sun_path, sizeof(a.sun_path) - 1);
+  const std::string r = outcome(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  ::close(fd);
+  return "{\"unix\":\"" + r + "\"}";
+}
+
 std::string listen_and_connect() {
   const int l = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -212,6 +227,8 @@ int main() {
     } else if (op == "connect") {
       out = connect_to(event_field(inv.payload, "host"),
                        std::atoi(event_field(inv.payload, "port").c_str()));
+    } else if (op == "unix") {
+      out = connect_unix(event_field(inv.payload, "path"));
     } else if (op == "listen") {
       out = listen_and_connect();
     } else {

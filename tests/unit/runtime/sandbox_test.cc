@@ -45,12 +45,15 @@ int err_of(long rc) { return rc < 0 ? errno : 0; }
 class SeccompTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto with_listen = build_seccomp(true);
-    ASSERT_TRUE(with_listen.has_value()) << with_listen.error().message;
-    auto without_listen = build_seccomp(false);
-    ASSERT_TRUE(without_listen.has_value()) << without_listen.error().message;
-    filter_ = std::move(*with_listen);
-    no_listen_ = std::move(*without_listen);
+    auto none = build_seccomp(config::NetworkMode::kNone);
+    ASSERT_TRUE(none.has_value()) << none.error().message;
+    auto loopback = build_seccomp(config::NetworkMode::kLoopback);
+    ASSERT_TRUE(loopback.has_value()) << loopback.error().message;
+    auto host = build_seccomp(config::NetworkMode::kHost);
+    ASSERT_TRUE(host.has_value()) << host.error().message;
+    none_ = std::move(*none);
+    loopback_ = std::move(*loopback);
+    filter_ = std::move(*host);
   }
   // The child installs `p` (with no_new_privs, as the sandbox does), then runs `check`.
   static int filtered(const SeccompProgram& p, const std::function<int()>& check) {
@@ -61,15 +64,17 @@ class SeccompTest : public ::testing::Test {
       return check();
     });
   }
-  SeccompProgram filter_;
-  SeccompProgram no_listen_;
+  SeccompProgram none_;
+  SeccompProgram loopback_;
+  SeccompProgram filter_;  // network host: the common rules only
 };
 
 TEST_F(SeccompTest, ProgramIsSmallAndValid) {
   EXPECT_GT(filter_.insns.size(), 20U);
   EXPECT_LT(filter_.insns.size(), 512U);
-  // listen() is one more rule.
-  EXPECT_GT(no_listen_.insns.size(), filter_.insns.size());
+  // loopback adds the socket families, none listen() too.
+  EXPECT_GT(loopback_.insns.size(), filter_.insns.size());
+  EXPECT_GT(none_.insns.size(), loopback_.insns.size());
 }
 
 TEST_F(SeccompTest, RefusedSyscallsFailWithEperm) {
@@ -158,7 +163,29 @@ TEST_F(SeccompTest, NetworkNoneAlsoRefusesListen) {
     return err_of(::listen(s, 1));
   };
   EXPECT_EQ(filtered(filter_, try_listen), 0);
-  EXPECT_EQ(filtered(no_listen_, try_listen), EPERM);
+  EXPECT_EQ(filtered(loopback_, try_listen), 0);
+  EXPECT_EQ(filtered(none_, try_listen), EPERM);
+}
+
+TEST_F(SeccompTest, OnlyNetworkHostMayOpenUnixAndVsockSockets) {
+  const auto unix_socket = [] { return err_of(::socket(AF_UNIX, SOCK_STREAM, 0)); };
+  const auto vsock = [] {
+    const int s = ::socket(AF_VSOCK, SOCK_STREAM, 0);
+    return s < 0 && errno == EPERM ? EPERM : 0;  // EAFNOSUPPORT without vsock: not refused
+  };
+  const auto pair = [] {
+    int sv[2];
+    return err_of(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+  };
+  const auto inet = [] { return err_of(::socket(AF_INET6, SOCK_DGRAM, 0)); };
+  EXPECT_EQ(filtered(filter_, unix_socket), 0);
+  EXPECT_EQ(filtered(filter_, vsock), 0);
+  for (const SeccompProgram* p : {&loopback_, &none_}) {
+    EXPECT_EQ(filtered(*p, unix_socket), EPERM);
+    EXPECT_EQ(filtered(*p, vsock), EPERM);
+    EXPECT_EQ(filtered(*p, pair), 0);
+    EXPECT_EQ(filtered(*p, inet), 0);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,7 +265,9 @@ TEST_F(SpawnTest, TheHostProvidesEveryLayer) {
   EXPECT_TRUE(host_->mountns);
   EXPECT_TRUE(host_->ipcns);
   EXPECT_TRUE(host_->utsns);
-  EXPECT_FALSE(host_->seccomp.insns.empty());
+  for (const SeccompProgram& p : host_->seccomp) {
+    EXPECT_FALSE(p.insns.empty());
+  }
   EXPECT_GE(host_->self_exe, 0);
 }
 
@@ -324,7 +353,6 @@ TEST_F(SpawnTest, WithoutAnyLayerItStillRuns) {
   bare.netns = bare.pidns = bare.mountns = bare.ipcns = bare.utsns = false;
   bare.readonly_recursive = false;
   bare.seccomp = {};
-  bare.seccomp_no_listen = {};
   bare.cgroups = HostCapabilities::Cgroups::kNone;
   bare.self_exe = -1;  // a copy: the original owns the descriptor
   char host[256] = {};
