@@ -314,17 +314,17 @@ struct ChildPlan {
   // directories to create above each there first.
   const KeptPath* kept = nullptr;
   std::size_t kept_count = 0;
-  const int* procs_fds = nullptr;      // cgroup.procs of its cgroups, opened for writing
+  const int* procs_fds = nullptr;  // cgroup.procs of its cgroups, opened for writing
   std::size_t procs_count = 0;
   const SeccompProgram* seccomp = nullptr;  // nullptr: none
   int err_fd = -1;
-  int api_sock = -1;      // runtime_api: socket to hand the listener over
-  int stdin_fd = -1;      // pipe read end or /dev/null
+  int api_sock = -1;  // runtime_api: socket to hand the listener over
+  int stdin_fd = -1;  // pipe read end or /dev/null
   int stdout_fd = -1;
   int stderr_fd = -1;
-  int status_fd = -1;     // pid namespace: the write end init reports to
-  int gateway_fd = -1;    // pidfd of the gateway: readable once it has exited
-  int self_exe = -1;      // our binary (O_PATH), exec'd as init; -1: init stays this copy
+  int status_fd = -1;   // pid namespace: the write end init reports to
+  int gateway_fd = -1;  // pidfd of the gateway: readable once it has exited
+  int self_exe = -1;    // our binary (O_PATH), exec'd as init; -1: init stays this copy
   bool pidns = false;
   bool mountns = false;
   bool netns = false;
@@ -358,8 +358,8 @@ bool remount_readonly(const char* path) {
     return false;
   }
   constexpr std::pair<unsigned long, unsigned long> kKeep[] = {
-      {ST_NOSUID, MS_NOSUID},     {ST_NODEV, MS_NODEV},           {ST_NOEXEC, MS_NOEXEC},
-      {ST_NOATIME, MS_NOATIME},   {ST_NODIRATIME, MS_NODIRATIME}, {ST_RELATIME, MS_RELATIME}};
+      {ST_NOSUID, MS_NOSUID},   {ST_NODEV, MS_NODEV},           {ST_NOEXEC, MS_NOEXEC},
+      {ST_NOATIME, MS_NOATIME}, {ST_NODIRATIME, MS_NODIRATIME}, {ST_RELATIME, MS_RELATIME}};
   unsigned long flags = MS_REMOUNT | MS_BIND | MS_RDONLY;
   for (const auto& [st_flag, ms_flag] : kKeep) {
     if ((static_cast<unsigned long>(st.f_flags) & st_flag) != 0) {
@@ -433,8 +433,8 @@ void setup_mounts(const ChildPlan& c) {
       ::mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, c.tmp_options) != 0) {
     child_fail(c.err_fd, Step::kShm);
   }
-  if (c.pidns && ::mount("proc", "/proc", "proc",
-                         MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, nullptr) != 0) {
+  if (c.pidns && ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+                         nullptr) != 0) {
     child_fail(c.err_fd, Step::kProc);
   }
 }
@@ -461,8 +461,8 @@ void setup_mounts(const ChildPlan& c) {
 // other static constructors run. Only pid 1 named gatehouse-init, so running the binary under
 // that name elsewhere changes nothing.
 __attribute__((constructor(101))) void gatehouse_init_entry(int argc, char** argv, char**) {
-  if (argc == 1 && argv != nullptr && argv[0] != nullptr &&
-      std::strcmp(argv[0], kInitName) == 0 && ::getpid() == 1) {
+  if (argc == 1 && argv != nullptr && argv[0] != nullptr && std::strcmp(argv[0], kInitName) == 0 &&
+      ::getpid() == 1) {
     init_loop(kInitStatusFd);
   }
 }
@@ -644,7 +644,7 @@ enum ProbeBit : unsigned {
   kProbeReadOnly = 1U << 1,  // mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)
   kProbeProc = 1U << 2,      // a fresh /proc in the new pid namespace
   kProbeHostname = 1U << 3,
-  kProbeSeccomp = 1U << 4,   // the filter installs and refuses unshare
+  kProbeSeccomp = 1U << 4,  // the filter installs and refuses unshare
 };
 
 // Clones a child with `flags` that tries each layer and reports which worked; -1 when the
@@ -668,8 +668,8 @@ int probe_in_child(unsigned long flags, const SeccompProgram& seccomp) {
         bits |= kProbeReadOnly;
       }
       if ((flags & CLONE_NEWPID) != 0 &&
-          ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-                  nullptr) == 0) {
+          ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, nullptr) ==
+              0) {
         bits |= kProbeProc;
       }
     }
@@ -735,8 +735,7 @@ HostCapabilities detect_host() {
       }
     }
   }
-  if (h.cgroups == HostCapabilities::Cgroups::kNone && !m.v1_memory.empty() &&
-      !m.v1_pids.empty()) {
+  if (h.cgroups == HostCapabilities::Cgroups::kNone && !m.v1_memory.empty() && !m.v1_pids.empty()) {
     const std::string mem = make_root(m.v1_memory, own_cgroup("memory"));
     const std::string pids = make_root(m.v1_pids, own_cgroup("pids"));
     if (!mem.empty() && !pids.empty()) {
@@ -762,8 +761,8 @@ HostCapabilities detect_host() {
 
   // Seccomp first: the probe below checks that the filter installs and refuses.
   std::string seccomp_error = "the filter does not install";
-  for (auto mode : {config::NetworkMode::kNone, config::NetworkMode::kLoopback,
-                    config::NetworkMode::kHost}) {
+  for (auto mode :
+       {config::NetworkMode::kNone, config::NetworkMode::kLoopback, config::NetworkMode::kHost}) {
     auto f = build_seccomp(mode);
     if (!f) {
       seccomp_error = f.error().message;
@@ -781,8 +780,7 @@ HostCapabilities detect_host() {
   if (bits < 0) {
     // Some namespace is refused: find out which, and probe with the others.
     flags = 0;
-    for (unsigned long f : {CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWIPC, CLONE_NEWUTS,
-                            CLONE_NEWNET}) {
+    for (unsigned long f : {CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWNET}) {
       if (clone_works(f)) {
         flags |= f;
       }
@@ -895,8 +893,8 @@ core::Result<Spawned> spawn(const SpawnSpec& spec, const HostCapabilities& host)
   };
   auto fail = [&](std::string msg) {
     close_child_ends();
-    for (int* fd : {&err_pipe[0], &fd_sock[0], &in_pipe[1], &out_pipe[0], &errout_pipe[0],
-                    &status_pipe[0]}) {
+    for (int* fd :
+         {&err_pipe[0], &fd_sock[0], &in_pipe[1], &out_pipe[0], &errout_pipe[0], &status_pipe[0]}) {
       close_fd(*fd);
     }
     release(out);
@@ -1101,8 +1099,8 @@ core::Result<Spawned> spawn(const SpawnSpec& spec, const HostCapabilities& host)
   if (n == static_cast<ssize_t>(sizeof(msg))) {
     const auto step = static_cast<std::size_t>(msg[0]);
     const std::string_view what = step < std::size(kStepNames) ? kStepNames[step] : "setup";
-    return reap_and_fail(errno_text(
-        "starting '" + spec.argv[0] + "' failed at " + std::string(what), msg[1]));
+    return reap_and_fail(
+        errno_text("starting '" + spec.argv[0] + "' failed at " + std::string(what), msg[1]));
   }
   if (spec.runtime_api) {
     sockaddr_in a{};

@@ -23,6 +23,8 @@ namespace {
 // pidfd_getfd, kcmp), and the interfaces behind most kernel exploits of recent years (bpf,
 // perf_event_open, userfaultfd, io_uring, keyrings, open_by_handle_at). Names the running
 // architecture does not have are skipped.
+// (grouped by purpose, so not left to clang-format)
+// clang-format off
 constexpr const char* kRefused[] = {
     // tracing and other processes' memory
     "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
@@ -40,11 +42,12 @@ constexpr const char* kRefused[] = {
     "open_by_handle_at", "name_to_handle_at", "io_uring_setup", "io_uring_enter",
     "io_uring_register", "fanotify_init",
 };
+// clang-format on
 
 // clone() with any of these is refused: a new namespace (a user namespace above all) would
 // give the function capabilities over its own copy of the system.
-constexpr std::uint64_t kNamespaceFlags[] = {CLONE_NEWNS,   CLONE_NEWUTS, CLONE_NEWIPC,
-                                             CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET,
+constexpr std::uint64_t kNamespaceFlags[] = {CLONE_NEWNS,    CLONE_NEWUTS, CLONE_NEWIPC,
+                                             CLONE_NEWUSER,  CLONE_NEWPID, CLONE_NEWNET,
                                              CLONE_NEWCGROUP};
 
 struct CtxDeleter {

@@ -71,8 +71,7 @@ std::string escape_attempts() {
   add(j, "clone_newns",
       outcome(::syscall(SYS_clone, CLONE_NEWNS | SIGCHLD, nullptr, nullptr, nullptr, 0) >= 0));
   add(j, "bpf", outcome(::syscall(SYS_bpf, 0, nullptr, 0) >= 0));
-  add(j, "perf_event_open",
-      outcome(::syscall(SYS_perf_event_open, nullptr, 0, -1, -1, 0) >= 0));
+  add(j, "perf_event_open", outcome(::syscall(SYS_perf_event_open, nullptr, 0, -1, -1, 0) >= 0));
   add(j, "keyctl", outcome(::syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3, 0) >= 0));
   add(j, "add_key", outcome(::syscall(SYS_add_key, "user", "k", "v", 1, -3) >= 0));
   add(j, "userfaultfd", outcome(::syscall(SYS_userfaultfd, 0) >= 0));
@@ -148,8 +147,8 @@ std::string processes() {
     }
     std::string comm;
     std::getline(std::ifstream(e.path() / "comm"), comm);
-    list += (list.empty() ? "" : ",") + ("{\"pid\":" + name + ",\"comm\":\"" +
-                                         json_escape(comm) + "\"}");
+    list += (list.empty() ? "" : ",") +
+            ("{\"pid\":" + name + ",\"comm\":\"" + json_escape(comm) + "\"}");
   }
   char host[256] = {};
   ::gethostname(host, sizeof(host) - 1);
