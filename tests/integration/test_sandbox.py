@@ -115,6 +115,22 @@ def test_filesystem_read_only_and_private_capped_tmp(start_gatehouse, fn_dir, tm
 
 
 @pytest.mark.deadline(60)
+def test_reload_with_a_new_tmp_size_restarts_the_worker(start_gatehouse, fn_dir):
+    def modify(cfg):
+        cfg["functions"] = [probe(fn_dir, "fs", sandbox={"tmp_mb": 2})]
+    g = start_gatehouse(modify)
+    require_full_sandbox(g)
+    first = invoke(g, "fs", {"op": "fs"}).json()
+    assert first["tmp_bytes"] == str(2 * 1024 * 1024)
+    cfg = h.base_config(g.port, g.workdir / "state")
+    cfg["functions"] = [probe(fn_dir, "fs", sandbox={"tmp_mb": 3})]
+    g.reload(cfg)
+    g.wait_metric("gatehouse_config_reloads_total", 1, result="ok")
+    assert invoke(g, "fs", {"op": "fs"}).json()["tmp_bytes"] == str(3 * 1024 * 1024)
+    assert g.metric("gatehouse_function_cold_starts_total", function="fs") == 2
+
+
+@pytest.mark.deadline(60)
 def test_processes_and_hostname_are_its_own(start_gatehouse, fn_dir):
     g = start_beside_echo(start_gatehouse, fn_dir, probe(fn_dir, "probe-ps"))
     assert invoke(g, "echo").status == 200  # a second sandbox running at the same time
