@@ -104,7 +104,7 @@ enum class NetworkMode : std::uint8_t {
 struct SandboxConfig {
   NetworkMode network = NetworkMode::kNone;  // none | loopback | host; default none
   std::uint32_t tmp_mb = 64;  // size of its private /tmp (and /dev/shm), tmpfs counted in
-                              // memory_mb; 1..10240, default 64
+                              // memory_mb; 1..4096, default 64
 };
 
 // A function: its limits (however it is reached: every route whose `function` names it) and,

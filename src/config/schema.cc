@@ -1419,7 +1419,7 @@ constexpr std::array kThrottlingFields{
 
 constexpr std::array kSandboxFields{
     custom<SandboxConfig>("network", Kind::kString, &decode_network, 1, 16, Format::kLine),
-    integer("tmp_mb", &SandboxConfig::tmp_mb, 1, 10'240),
+    integer("tmp_mb", &SandboxConfig::tmp_mb, 1, 4096),
 };
 
 constexpr std::array kFunctionFields{
