@@ -20,6 +20,8 @@
 
 #include "config/schema.h"
 #include "config/value.h"
+#include "core/core.h"
+#include "policy/policy.h"
 
 namespace gatehouse::config {
 namespace {
@@ -193,10 +195,10 @@ void check_function_target(Decoded& d, const std::string& base, const Route& r,
 
 // A function's runtime keys only make sense together.
 void check_function(Decoded& d, const std::string& base, const FunctionConfig& f) {
-  static constexpr std::array<std::string_view, 13> kRuntimeKeys{
+  static constexpr std::array<std::string_view, 14> kRuntimeKeys{
       "command",   "working_dir", "handler",        "env",      "memory_mb",
       "timeout_s", "max_queue",   "idle_timeout_s", "max_pids", "sandbox",
-      "role",      "invokers",    "reserved_concurrency"};
+      "role",      "invokers",    "reserved_concurrency",       "policy"};
   if (f.runtime == FunctionRuntime::kNone) {
     if (d.position(base + ".runtime").line > 0) {
       return;  // an invalid runtime, already reported
@@ -217,6 +219,182 @@ void check_function(Decoded& d, const std::string& base, const FunctionConfig& f
     const std::string path = base + ".handler";
     if (d.position(path).line > 0) {
       d.diagnostics.add(d.position(path), path, "only applies to runtime lambda");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies: every document was validated during the walk (with its YAML positions); here names
+// are resolved, each document is compiled once with its final id, and each use is checked
+// against its kind (identity policies name no Principal, resource policies always do).
+
+PolicyPtr compile_policy(const std::string& json, const std::string& id, policy::PolicyKind kind,
+                         std::string* error) {
+  auto p = policy::parse_policy(json, id, kind);
+  if (!p) {
+    if (error != nullptr) {
+      *error = p.error().message;
+    }
+    return nullptr;
+  }
+  return std::make_shared<const policy::Policy>(std::move(*p));
+}
+
+// Escapes `text` for a policy string pattern under 2012-10-17: '*', '?' and '$' stand for
+// themselves.
+std::string literal_pattern(std::string_view text) {
+  std::string out;
+  for (char ch : text) {
+    if (ch == '*' || ch == '?' || ch == '$') {
+      out += "${";
+      out += ch;
+      out += '}';
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+// The resource policy equivalent to a function's `invokers` (docs/policy.md): one Allow per
+// entry, on the condition key the entry names. A trailing '*' stays a wildcard; no entry at all
+// allows nobody (the admin's identity policy still may).
+std::string invokers_policy(const FunctionConfig& f) {
+  std::string json = R"({"Version":"2012-10-17","Statement":[)";
+  if (f.invokers.empty()) {
+    json += R"({"Sid":"NoInvokers","Effect":"Allow","Principal":"*","NotAction":"*",)"
+            R"("Resource":"*"})";
+  }
+  for (std::size_t i = 0; i < f.invokers.size(); ++i) {
+    std::string_view entry = f.invokers[i];
+    const bool wildcard = !entry.empty() && entry.back() == '*';
+    if (wildcard) {
+      entry.remove_suffix(1);
+    }
+    constexpr std::string_view kPrincipal = "principal:";
+    const bool principal = entry.starts_with(kPrincipal);
+    const std::string_view key = principal ? "aws:PrincipalArn" : "gatehouse:Source";
+    std::string pattern =
+        literal_pattern(principal ? entry.substr(kPrincipal.size()) : entry) + (wildcard ? "*" : "");
+    json += i == 0 ? "" : ",";
+    json += R"({"Sid":"Invokers)" + std::to_string(i) +
+            R"(","Effect":"Allow","Principal":"*","Action":"lambda:InvokeFunction",)"
+            R"("Resource":"*","Condition":{"StringLike":{")";
+    json += key;
+    json += R"(":")";
+    core::json_escape(json, pattern);
+    json += R"("}}})";
+  }
+  json += "]}";
+  return json;
+}
+
+// Resolves a list of identity policy names into `out`.
+void resolve_identity(Decoded& d, const std::string& base, const std::vector<std::string>& names,
+                      const std::unordered_map<std::string_view, std::size_t>& index,
+                      std::vector<PolicyPtr>& out) {
+  const Config& c = d.config;
+  for (std::size_t j = 0; j < names.size(); ++j) {
+    if (names[j].empty()) {
+      continue;  // invalid, already reported
+    }
+    const std::string path = item_path(d, base, j);
+    const auto it = index.find(names[j]);
+    if (it == index.end()) {
+      d.diagnostics.add(d.position(path), path,
+                        "unknown policy '" + printable(names[j]) + "'" +
+                            (c.policies.empty() ? std::string(" (no policies are defined)")
+                                                : suggestion(names[j], names_of(c.policies))));
+      continue;
+    }
+    const NamedPolicy& np = c.policies[it->second];
+    std::string error;
+    if (!compile_policy(np.json, np.name, policy::PolicyKind::kIdentity, &error)) {
+      if (!np.json.empty()) {
+        d.diagnostics.add(d.position(path), path,
+                          "policy '" + np.name + "' is not an identity policy: " + error);
+      }
+      continue;
+    }
+    out.push_back(np.compiled);
+  }
+}
+
+// Resolves a route's or function's `policy` into its compiled resource policy.
+void resolve_resource(Decoded& d, const std::string& path, const std::string& inline_id,
+                      const std::unordered_map<std::string_view, std::size_t>& index,
+                      PolicyRef& ref) {
+  const Config& c = d.config;
+  if (!ref.json.empty()) {
+    ref.compiled = compile_policy(ref.json, inline_id, policy::PolicyKind::kResource, nullptr);
+    return;
+  }
+  if (ref.name.empty()) {
+    return;
+  }
+  const auto it = index.find(ref.name);
+  if (it == index.end()) {
+    d.diagnostics.add(d.position(path), path,
+                      "unknown policy '" + printable(ref.name) + "'" +
+                          (c.policies.empty() ? std::string(" (no policies are defined)")
+                                              : suggestion(ref.name, names_of(c.policies))));
+    return;
+  }
+  const NamedPolicy& np = c.policies[it->second];
+  std::string error;
+  if (!compile_policy(np.json, np.name, policy::PolicyKind::kResource, &error)) {
+    if (!np.json.empty()) {
+      d.diagnostics.add(d.position(path), path,
+                        "policy '" + np.name + "' is not a resource policy: " + error);
+    }
+    return;
+  }
+  ref.compiled = np.compiled;
+}
+
+void check_policies(Decoded& d) {
+  Config& c = d.config;
+  const auto index = index_names(d, c.policies, "policies", "policy");
+  for (NamedPolicy& p : c.policies) {
+    if (!p.json.empty() && !p.name.empty()) {
+      p.compiled = compile_policy(p.json, p.name, policy::PolicyKind::kAny, nullptr);
+    }
+  }
+  const auto roles = index_names(d, c.roles, "roles", "role");
+  for (std::size_t i = 0; i < c.roles.size(); ++i) {
+    const std::string base = "roles[" + std::to_string(i) + "].policies";
+    resolve_identity(d, base, c.roles[i].policies, index, c.roles[i].compiled);
+  }
+  for (std::size_t i = 0; i < c.plans.size(); ++i) {
+    const std::string base = "plans[" + std::to_string(i) + "].policies";
+    resolve_identity(d, base, c.plans[i].policies, index, c.plans[i].compiled);
+  }
+  resolve_identity(d, "admin.policies", c.admin.policies, index, c.admin.compiled);
+  for (std::size_t i = 0; i < c.routes.size(); ++i) {
+    Route& r = c.routes[i];
+    resolve_resource(d, "routes[" + std::to_string(i) + "].policy", "route:" + r.name, index,
+                     r.policy);
+  }
+  for (std::size_t i = 0; i < c.functions.size(); ++i) {
+    FunctionConfig& f = c.functions[i];
+    const std::string base = "functions[" + std::to_string(i) + "]";
+    if (f.invokers_set && f.policy.set()) {
+      const std::string path = base + ".invokers";
+      d.diagnostics.add(d.position(path), path,
+                        "give either 'invokers' or 'policy', not both (invokers is a shorthand "
+                        "for a resource policy)");
+      continue;
+    }
+    if (f.invokers_set) {
+      f.policy.json = invokers_policy(f);
+    }
+    resolve_resource(d, base + ".policy", "function:" + f.name, index, f.policy);
+    if (!f.role.empty() && !roles.contains(f.role)) {
+      const std::string path = base + ".role";
+      d.diagnostics.add(d.position(path), path,
+                        "unknown role '" + printable(f.role) + "'" +
+                            (c.roles.empty() ? std::string(" (no roles are defined)")
+                                             : suggestion(f.role, names_of(c.roles))));
     }
   }
 }
@@ -289,6 +467,10 @@ void check_references(Decoded& d) {
   }
   for (std::size_t i = 0; i < c.functions.size() && !d.diagnostics.full(); ++i) {
     check_function(d, "functions[" + std::to_string(i) + "]", c.functions[i]);
+  }
+
+  if (!d.diagnostics.full()) {
+    check_policies(d);
   }
 
   const AdminConfig& a = c.admin;
@@ -419,6 +601,15 @@ const Plan* Config::find_plan(std::string_view name) const {
   for (const Plan& p : plans) {
     if (p.name == name) {
       return &p;
+    }
+  }
+  return nullptr;
+}
+
+const Role* Config::find_role(std::string_view name) const {
+  for (const Role& r : roles) {
+    if (r.name == name) {
+      return &r;
     }
   }
   return nullptr;

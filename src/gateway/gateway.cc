@@ -18,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "gateway/authorizer.h"
 #include "gateway/function_target.h"
 #include "gateway/limiter.h"
 #include "gateway/metrics.h"
@@ -49,6 +50,7 @@ struct Snapshot {
   config::Config config;
   std::unique_ptr<http::Router> router;
   std::shared_ptr<const LimitTable> limits;
+  std::shared_ptr<const AuthzTable> authz;  // borrows the policies of `config`
   std::vector<RouteEntry> routes;
   steady_clock::time_point loaded_at = steady_clock::now();
   std::uint64_t generation = 0;
@@ -141,6 +143,7 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
     return tl::unexpected(limits.error());
   }
   snap->limits = *limits;
+  snap->authz = compile_authz(c);
 
   std::vector<http::RouteSpec> specs;
   specs.reserve(c.routes.size());
@@ -307,10 +310,10 @@ class GatewayImpl final : public Gateway {
         metrics_(workers),
         proxy_(workers),
         pipeline_(*this, workers) {
-    pass_authorize_ = allow_all();
+    policy_authorize_ = std::make_unique<PolicyAuthorizer>();
     pass_guard_ = no_guard();
     authenticate_ = stages_.authenticate ? stages_.authenticate.get() : limiter_.get();
-    authorize_ = stages_.authorize ? stages_.authorize.get() : pass_authorize_.get();
+    authorize_ = stages_.authorize ? stages_.authorize.get() : policy_authorize_.get();
     throttle_ = stages_.throttle ? stages_.throttle.get() : limiter_.get();
     guard_ = stages_.guard ? stages_.guard.get() : pass_guard_.get();
   }
@@ -738,7 +741,7 @@ class GatewayImpl final : public Gateway {
   Stages stages_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Limiter> limiter_;
-  std::unique_ptr<Authorizer> pass_authorize_;
+  std::unique_ptr<Authorizer> policy_authorize_;
   std::unique_ptr<Guard> pass_guard_;
   Authenticator* authenticate_ = nullptr;  // the stages in effect (owned above)
   Authorizer* authorize_ = nullptr;
@@ -783,6 +786,7 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.request_id = ex.request_id();
   ctx.function = {};
   ctx.started = ex.started();
+  ctx.authz = s.authz.get();
   c.admitted = false;
   c.builtin = Conn::Builtin::kNone;
 
@@ -952,31 +956,33 @@ http::Step Pipeline::dispatch(http::Exchange& ex, Conn& c) {
 
 namespace {
 
-// The lineage depth a request arrives with (x-gatehouse-lineage-depth, set by functions that call
-// back into the gateway); 0 when absent or malformed. A client can only raise it.
-std::uint32_t incoming_depth(const http::Request& req) {
-  const std::string_view v = req.header("x-gatehouse-lineage-depth");
-  if (v.empty() || v.size() > 6) {
-    return 0;
+// The caller of a function invoked for the request in `ctx`: its principal (ARN, plan tag), the
+// identity policies of its plan and the request's condition keys, for the function's policy.
+runtime::CallerContext route_caller(const RequestContext& ctx, const Snapshot& s) {
+  runtime::CallerContext caller;
+  caller.principal = ctx.principal.id.empty() ? std::string("anonymous")
+                                              : std::string(ctx.principal.id);
+  if (!ctx.principal.id.empty()) {
+    caller.identity.arns.emplace_back(ctx.principal.id);
   }
-  std::uint32_t n = 0;
-  for (char ch : v) {
-    if (ch < '0' || ch > '9') {
-      return 0;
+  if (ctx.api_key != nullptr) {
+    caller.identity.tags.emplace_back("plan", ctx.api_key->plan);
+    if (const config::Plan* plan = s.config.find_plan(ctx.api_key->plan)) {
+      caller.policies = plan->compiled;
     }
-    n = n * 10 + static_cast<std::uint32_t>(ch - '0');
   }
-  return n;
-}
-
-std::string principal_text(const Principal& p) {
-  return p.id.empty() ? std::string(p.kind) : std::string(p.kind) + ":" + std::string(p.id);
+  fill_context(ctx, caller.conditions);
+  return caller;
 }
 
 // A runtime refusal or function failure as the uniform JSON error. Function failures tell public
 // callers only the error type: the message and stack may hold the function's secrets.
-void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed) {
+void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed,
+                        Metrics& metrics) {
   const int status = core::http_status(r.code);
+  if (r.code == core::ErrorCode::kForbidden) {
+    metrics.refusal(ex.worker(), "AccessDenied");  // the function's policy refused the caller
+  }
   std::string message = r.message;
   if (r.code == core::ErrorCode::kFunctionError) {
     message = detailed ? r.error_type + ": " + r.message
@@ -1011,7 +1017,7 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
                                                                       : route_key + " " + route.path;
   runtime::Invocation inv;
   inv.function = route.target.function;
-  inv.caller.principal = principal_text(c.ctx.principal);
+  inv.caller = route_caller(c.ctx, *c.snapshot);
   inv.caller.source = runtime::SourceKind::kRoute;
   inv.caller.source_name = route.name;
   inv.caller.request_id = std::string(ex.request_id());
@@ -1030,9 +1036,9 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
   ev.match = &c.ctx.match;
   const config::PayloadFormat format = route.target.payload_format;
   inv.payload = build_event(format, req, ev);
-  gw_.invoke(ex, std::move(inv), [format](http::Exchange& x, runtime::InvokeResult r) {
+  gw_.invoke(ex, std::move(inv), [this, format](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
-      write_invoke_error(x, r, false);
+      write_invoke_error(x, r, false, gw_.metrics());
       return;
     }
     const FunctionHttpResponse resp = map_result(format, r.payload);
@@ -1065,13 +1071,13 @@ http::Step Pipeline::admin_invoke(http::Exchange& ex, Conn& c, std::string_view 
   runtime::Invocation inv;
   inv.function = std::string(function);
   inv.payload = std::move(payload);
-  inv.caller.principal = "admin";
-  inv.caller.source = runtime::SourceKind::kDirect;
+  inv.caller = runtime::admin_caller(c.snapshot->config);
+  fill_context(c.ctx, inv.caller.conditions);
   inv.caller.request_id = std::string(ex.request_id());
   inv.caller.depth = incoming_depth(req) + 1;
-  gw_.invoke(ex, std::move(inv), [](http::Exchange& x, runtime::InvokeResult r) {
+  gw_.invoke(ex, std::move(inv), [this](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
-      write_invoke_error(x, r, true);
+      write_invoke_error(x, r, true, gw_.metrics());
       return;
     }
     http::ResponseWriter w(x.out());
@@ -1108,6 +1114,46 @@ http::Step Pipeline::refuse(http::Exchange& ex, Conn& c, const Refusal& r) {
   return http::Step::kDone;
 }
 
+namespace {
+
+// The IAM action and admin resource (the part after "admin/") of an admin endpoint; false for
+// paths that are no endpoint, and for function invocation (the runtime decides it, with
+// lambda:InvokeFunction). `resource` points into `sub`.
+bool admin_action(std::string_view method, std::string_view sub, std::string_view& action,
+                  std::string_view& resource) {
+  const bool get = method == "GET" || method == "HEAD";
+  if (sub == "/config" && get) {
+    action = "gatehouse:GetConfig";
+  } else if (sub == "/reload" && method == "POST") {
+    action = "gatehouse:Reload";
+  } else if (sub == "/keys" && (get || method == "POST")) {
+    action = get ? "gatehouse:ListKeys" : "gatehouse:CreateKey";
+  } else if (sub.starts_with("/keys/") && method == "POST") {
+    const std::size_t slash = sub.rfind('/');
+    const std::string_view verb = sub.substr(slash + 1);
+    if (slash <= std::string_view("/keys").size()) {
+      return false;
+    }
+    if (verb == "revoke") {
+      action = "gatehouse:RevokeKey";
+    } else if (verb == "rotate") {
+      action = "gatehouse:RotateKey";
+    } else if (verb == "attach") {
+      action = "gatehouse:AttachKey";
+    } else {
+      return false;
+    }
+    resource = sub.substr(1, slash - 1);  // keys/<id or name>
+    return true;
+  } else {
+    return false;
+  }
+  resource = sub.substr(1);
+  return true;
+}
+
+}  // namespace
+
 bool Pipeline::admin_authorized(const http::Exchange& ex, const Snapshot& s) const {
   const std::string& want = s.config.admin.token_sha256;
   if (want.empty()) {
@@ -1142,10 +1188,18 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
       if (!get) {
         return refuse(ex, c, Refusal{405, "MethodNotAllowed", "use GET", "Allow: GET, HEAD\r\n"});
       }
-      if (!s.config.admin.metrics_public && !admin_authorized(ex, s)) {
-        return refuse(ex, c,
-                      Refusal{401, "Unauthenticated", "the admin token is required",
-                              "WWW-Authenticate: Bearer\r\n"});
+      if (!s.config.admin.metrics_public) {
+        if (!admin_authorized(ex, s)) {
+          return refuse(ex, c,
+                        Refusal{401, "Unauthenticated", "the admin token is required",
+                                "WWW-Authenticate: Bearer\r\n"});
+        }
+        c.ctx.principal = Principal{"admin", s.authz->admin_arn};
+        Refusal denied;
+        if (authorize_admin(c.ctx, "gatehouse:GetMetrics", "metrics", denied) ==
+            Verdict::kRefuse) {
+          return refuse(ex, c, denied);
+        }
       }
       w.start(200, ex.request_id(), ex.keep_alive());
       w.body("text/plain; version=0.0.4", gw_.metrics_text());
@@ -1164,6 +1218,15 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
                               "WWW-Authenticate: Bearer\r\n"});
       }
       const std::string_view sub = req.path.substr(s.config.admin.admin_prefix.size());
+      c.ctx.principal = Principal{"admin", s.authz->admin_arn};
+      std::string_view action;
+      std::string_view resource;
+      if (admin_action(req.method, sub, action, resource)) {
+        Refusal denied;
+        if (authorize_admin(c.ctx, action, resource, denied) == Verdict::kRefuse) {
+          return refuse(ex, c, denied);
+        }
+      }
       if (sub == "/config" && get) {
         std::string body = "{\"source\":\"";
         core::json_escape(body, s.config.source);

@@ -2,6 +2,9 @@
 // compiled at parse time, so a request without policy variables allocates nothing here; a value
 // with variables is resolved into one reused scratch string.
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <optional>
 
 #include "policy/compiled.h"
@@ -42,6 +45,71 @@ void Context::set(std::string_view key, std::vector<std::string> values) {
     }
   }
   entries_.emplace_back(std::string(key), std::move(values));
+}
+
+void Context::assign(std::string_view key, std::string_view value) {
+  for (auto& [k, v] : entries_) {
+    if (detail::iequals(k, key)) {
+      v.resize(1);
+      v[0].assign(value);
+      return;
+    }
+  }
+  entries_.emplace_back(std::string(key), std::vector<std::string>{std::string(value)});
+}
+
+void Context::clear(std::string_view key) noexcept {
+  for (auto& [k, v] : entries_) {
+    if (detail::iequals(k, key)) {
+      v.clear();  // keeps the capacity for the next assign()
+      return;
+    }
+  }
+}
+
+std::string role_arn(std::string_view account, std::string_view name) {
+  return "arn:gatehouse:iam::" + std::string(account) + ":role/" + std::string(name);
+}
+
+std::string api_key_arn(std::string_view account, std::string_view key_id) {
+  return "arn:gatehouse:iam::" + std::string(account) + ":apikey/" + std::string(key_id);
+}
+
+std::string admin_arn(std::string_view account) {
+  return "arn:gatehouse:iam::" + std::string(account) + ":admin";
+}
+
+std::string function_arn(std::string_view region, std::string_view account,
+                         std::string_view name) {
+  return "arn:gatehouse:lambda:" + std::string(region) + ":" + std::string(account) +
+         ":function:" + std::string(name);
+}
+
+std::shared_ptr<const Policy> allow_all_policy() {
+  static const std::shared_ptr<const Policy> kPolicy = [] {
+    auto p = parse_policy(
+        R"({"Version":"2012-10-17","Statement":[{"Sid":"AllowAll","Effect":"Allow",)"
+        R"("Action":"*","Resource":"*"}]})",
+        "gatehouse:allow-all", PolicyKind::kIdentity);
+    if (!p) {
+      std::abort();  // a constant, valid document: parsing it cannot fail
+    }
+    return std::make_shared<const Policy>(std::move(*p));
+  }();
+  return kPolicy;
+}
+
+void set_time_keys(Context& context, std::chrono::system_clock::time_point now) {
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch());
+  const std::time_t t = static_cast<std::time_t>(secs.count());
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char iso[32];
+  const std::size_t n = std::strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  context.assign("aws:CurrentTime", std::string_view(iso, n));
+  char num[24];
+  const int m = std::snprintf(num, sizeof num, "%lld", static_cast<long long>(secs.count()));
+  context.assign("aws:EpochTime", std::string_view(num, m > 0 ? static_cast<std::size_t>(m) : 0));
 }
 
 void Context::set(std::string_view key, std::string value) {

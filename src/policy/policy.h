@@ -7,6 +7,7 @@
 // Thread safety: a Policy is immutable once parsed and may be shared by any number of threads
 // (evaluate() only reads it). Context and Request are plain values owned by the caller.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -82,6 +83,13 @@ class Context {
   void set(std::string_view key, std::string value);
   // Adds one more value to `key`.
   void add(std::string_view key, std::string value);
+  // Sets `key` to the single value `value`, reusing the storage of an earlier value of the key:
+  // allocation-free once the key was set before with a value at least as long. The request path
+  // keeps one Context per thread and assigns into it.
+  void assign(std::string_view key, std::string_view value);
+  // Removes every value of `key` (the key stays, with no value, which reads as absent). No
+  // allocation.
+  void clear(std::string_view key) noexcept;
   // The values of `key`, or nullptr when the key is absent. Allocation-free.
   [[nodiscard]] const std::vector<std::string>* find(std::string_view key) const noexcept;
 
@@ -111,6 +119,22 @@ struct Request {
 };
 
 enum class Effect : std::uint8_t { kAllow, kExplicitDeny, kImplicitDeny };
+
+// Gatehouse's names (docs/policy.md, "Names"). Each returns a new string.
+// arn:gatehouse:iam::<account>:role/<name>
+[[nodiscard]] std::string role_arn(std::string_view account, std::string_view name);
+// arn:gatehouse:iam::<account>:apikey/<key id>
+[[nodiscard]] std::string api_key_arn(std::string_view account, std::string_view key_id);
+// arn:gatehouse:iam::<account>:admin (the holder of the admin token)
+[[nodiscard]] std::string admin_arn(std::string_view account);
+// arn:gatehouse:lambda:<region>:<account>:function:<name>
+[[nodiscard]] std::string function_arn(std::string_view region, std::string_view account,
+                                       std::string_view name);
+// A policy allowing every action on every resource (id "gatehouse:allow-all"): the identity
+// policy of principals that are unrestricted by default (the admin). Built once; shared.
+[[nodiscard]] std::shared_ptr<const Policy> allow_all_policy();
+// Sets aws:CurrentTime (ISO 8601 UTC, seconds) and aws:EpochTime (seconds) from `now`.
+void set_time_keys(Context& context, std::chrono::system_clock::time_point now);
 
 // The outcome and the statement that decided it. `policy` and `sid` borrow from the Policy that
 // decided; they stay valid while that Policy lives.

@@ -91,31 +91,49 @@ std::string_view source_prefix(SourceKind k) {
   return "direct:";
 }
 
-bool pattern_matches(std::string_view pattern, std::string_view value) {
-  if (!pattern.empty() && pattern.back() == '*') {
-    pattern.remove_suffix(1);
-    return value.starts_with(pattern);
+std::string_view source_kind_name(SourceKind k) {
+  switch (k) {
+    case SourceKind::kRoute:
+      return "route";
+    case SourceKind::kTrigger:
+      return "trigger";
+    case SourceKind::kWorkflow:
+      return "workflow";
+    case SourceKind::kDirect:
+      break;
   }
-  return pattern == value;
+  return "direct";
 }
 
-// Whether `caller` may invoke `f` (see FunctionConfig::invokers).
-bool may_invoke(const config::FunctionConfig& f, const CallerContext& caller) {
-  if (caller.source == SourceKind::kDirect && caller.principal == "admin") {
-    return true;
+// The invocation request as the policy engine sees it (docs/policy.md, "Wiring").
+policy::Decision decide(std::string_view region, std::string_view account,
+                        const config::FunctionConfig& f, const CallerContext& caller) {
+  if (!f.policy.compiled && caller.source == SourceKind::kRoute) {
+    // No resource policy: every route that targets the function may call it; the route's own
+    // authorization already decided who reaches the route.
+    policy::Decision allow;
+    allow.effect = policy::Effect::kAllow;
+    return allow;
   }
-  if (!f.invokers_set) {
-    return caller.source == SourceKind::kRoute;
+  policy::Request r;
+  r.principal = caller.identity;
+  r.action = "lambda:InvokeFunction";
+  r.resource = policy::function_arn(region, account, f.name);
+  r.account = std::string(account);
+  r.context = caller.conditions;
+  r.context.assign("gatehouse:SourceKind", source_kind_name(caller.source));
+  r.context.assign("gatehouse:Source",
+                   std::string(source_prefix(caller.source)) + caller.source_name);
+  r.context.assign("gatehouse:LineageDepth", std::to_string(caller.depth));
+  if (r.context.find("aws:EpochTime") == nullptr) {
+    policy::set_time_keys(r.context, std::chrono::system_clock::now());
   }
-  const std::string source = std::string(source_prefix(caller.source)) + caller.source_name;
-  const std::string principal = "principal:" + caller.principal;
-  for (const std::string& p : f.invokers) {
-    if ((caller.source != SourceKind::kDirect && pattern_matches(p, source)) ||
-        pattern_matches(p, principal)) {
-      return true;
-    }
+  std::vector<const policy::Policy*> identity;
+  identity.reserve(caller.policies.size());
+  for (const auto& p : caller.policies) {
+    identity.push_back(p.get());
   }
-  return false;
+  return policy::evaluate(r, identity, f.policy.compiled.get());
 }
 
 // The settings that shape a process: a change means old workers must not take new work.
@@ -337,6 +355,8 @@ class RuntimeImpl final : public Runtime {
   // Runtime thread from here on.
   void apply(const config::Config& config) {
     max_depth_ = config.runtime.max_lineage_depth;
+    account_ = config.account_id;
+    region_ = config.region;
     run_as_uid_ = config.runtime.run_as_uid;
     run_as_gid_ = config.runtime.run_as_gid;
     for (auto& [name, f] : functions_) {
@@ -417,11 +437,12 @@ class RuntimeImpl final : public Runtime {
                         " is over runtime.max_lineage_depth " + std::to_string(max_depth_)));
       return;
     }
-    if (!may_invoke(*f.cfg, p->inv.caller)) {
+    if (const policy::Decision d = decide(region_, account_, *f.cfg, p->inv.caller);
+        !d.allowed()) {
       f.counters->refused.fetch_add(1, std::memory_order_relaxed);
       reply(std::move(p), failure(ErrorCode::kForbidden, "AccessDenied",
-                                  "the caller is not among the invokers of '" +
-                                      p->inv.function + "'"));
+                                  "the caller may not invoke '" + p->inv.function +
+                                      "' (" + d.explain() + ")"));
       return;
     }
     const auto now = steady_clock::now();
@@ -997,6 +1018,8 @@ class RuntimeImpl final : public Runtime {
   std::map<std::string, std::unique_ptr<Function>, std::less<>> functions_;
   std::uint64_t next_worker_ = 0;
   std::uint32_t max_depth_ = 16;
+  std::string account_;  // the ARNs' account and region (config), for policy decisions
+  std::string region_;
   std::uint32_t run_as_uid_ = 65534;
   std::uint32_t run_as_gid_ = 65534;
   mutable std::mutex counters_mu_;
@@ -1184,6 +1207,35 @@ core::Result<std::unique_ptr<Runtime>> Runtime::create(const config::Config& con
   } catch (const std::exception& e) {
     return core::make_error(ErrorCode::kInternal, std::string("runtime: ") + e.what());
   }
+}
+
+CallerContext admin_caller(const config::Config& config) {
+  CallerContext c;
+  c.principal = policy::admin_arn(config.account_id);
+  c.identity.arns.push_back(c.principal);
+  if (config.admin.compiled.empty()) {
+    c.policies.push_back(policy::allow_all_policy());
+  } else {
+    c.policies = config.admin.compiled;
+  }
+  c.source = SourceKind::kDirect;
+  return c;
+}
+
+CallerContext role_caller(const config::Config& config, std::string_view role) {
+  CallerContext c;
+  c.principal = policy::role_arn(config.account_id, role);
+  c.identity.arns.push_back(c.principal);
+  if (const config::Role* r = config.find_role(role)) {
+    c.policies = r->compiled;
+  }
+  return c;
+}
+
+policy::Decision authorize_invocation(const config::Config& config,
+                                      const config::FunctionConfig& function,
+                                      const CallerContext& caller) {
+  return decide(config.region, config.account_id, function, caller);
 }
 
 }  // namespace gatehouse::runtime
