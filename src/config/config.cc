@@ -256,67 +256,84 @@ std::string literal_pattern(std::string_view text) {
   return out;
 }
 
-// The resource policy equivalent to a function's `invokers` (docs/policy.md): one Allow per
-// entry, on the condition key the entry names. A trailing '*' stays a wildcard; no entry at all
-// allows nobody (the admin's identity policy still may).
+// The resource policy equivalent to a function's `invokers` (docs/policy.md, "Function
+// policies"): one Allow for the listed sources (condition key gatehouse:Source) and one for the
+// listed principals (aws:PrincipalArn), each entry literal but for a trailing '*'. No entry at
+// all allows nobody (the admin's identity policy still may).
 std::string invokers_policy(const FunctionConfig& f) {
-  std::string json = R"({"Version":"2012-10-17","Statement":[)";
-  if (f.invokers.empty()) {
-    json += R"({"Sid":"NoInvokers","Effect":"Allow","Principal":"*","NotAction":"*",)"
-            R"("Resource":"*"})";
-  }
-  for (std::size_t i = 0; i < f.invokers.size(); ++i) {
-    std::string_view entry = f.invokers[i];
-    const bool wildcard = !entry.empty() && entry.back() == '*';
-    if (wildcard) {
-      entry.remove_suffix(1);
+  constexpr std::string_view kPrincipal = "principal:";
+  auto statement = [&f, kPrincipal](std::string_view sid, std::string_view key, bool principals) {
+    std::string values;
+    for (std::string_view entry : f.invokers) {
+      if (entry.starts_with(kPrincipal) != principals) {
+        continue;
+      }
+      const bool wildcard = entry.ends_with('*');
+      entry.remove_suffix(wildcard ? 1 : 0);
+      entry.remove_prefix(principals ? kPrincipal.size() : 0);
+      values += values.empty() ? "\"" : ",\"";
+      core::json_escape(values, literal_pattern(entry) + (wildcard ? "*" : ""));
+      values += '"';
     }
-    constexpr std::string_view kPrincipal = "principal:";
-    const bool principal = entry.starts_with(kPrincipal);
-    const std::string_view key = principal ? "aws:PrincipalArn" : "gatehouse:Source";
-    std::string pattern =
-        literal_pattern(principal ? entry.substr(kPrincipal.size()) : entry) + (wildcard ? "*" : "");
-    json += i == 0 ? "" : ",";
-    json += R"({"Sid":"Invokers)" + std::to_string(i) +
-            R"(","Effect":"Allow","Principal":"*","Action":"lambda:InvokeFunction",)"
-            R"("Resource":"*","Condition":{"StringLike":{")";
-    json += key;
-    json += R"(":")";
-    core::json_escape(json, pattern);
-    json += R"("}}})";
+    if (values.empty()) {
+      return std::string();
+    }
+    return std::string(R"({"Sid":")") + std::string(sid) +
+           R"(","Effect":"Allow","Principal":"*","Action":"lambda:InvokeFunction",)"
+           R"("Resource":"*","Condition":{"StringLike":{")" +
+           std::string(key) + "\":[" + values + "]}}}";
+  };
+  std::string sources = statement("InvokersSources", "gatehouse:Source", false);
+  std::string principals = statement("InvokersPrincipals", "aws:PrincipalArn", true);
+  if (sources.empty() && principals.empty()) {
+    sources = R"({"Sid":"NoInvokers","Effect":"Allow","Principal":"*","NotAction":"*",)"
+              R"("Resource":"*"})";
   }
-  json += "]}";
-  return json;
+  return R"({"Version":"2012-10-17","Statement":[)" + sources +
+         (sources.empty() || principals.empty() ? "" : ",") + principals + "]}";
+}
+
+// The policies[] entry `name` refers to at `path`, if it exists and is valid as `kind`; else
+// reports why and returns nullptr.
+const NamedPolicy* find_named(Decoded& d, const std::string& path, const std::string& name,
+                              const std::unordered_map<std::string_view, std::size_t>& index,
+                              policy::PolicyKind kind) {
+  const Config& c = d.config;
+  const auto it = index.find(name);
+  if (it == index.end()) {
+    d.diagnostics.add(d.position(path), path,
+                      "unknown policy '" + printable(name) + "'" +
+                          (c.policies.empty() ? std::string(" (no policies are defined)")
+                                              : suggestion(name, names_of(c.policies))));
+    return nullptr;
+  }
+  const NamedPolicy& np = c.policies[it->second];
+  if (np.json.empty()) {
+    return nullptr;  // its document is invalid, already reported
+  }
+  std::string error;
+  if (!compile_policy(np.json, np.name, kind, &error)) {
+    d.diagnostics.add(d.position(path), path,
+                      "policy '" + np.name + "' is not " +
+                          (kind == policy::PolicyKind::kIdentity ? "an identity" : "a resource") +
+                          " policy: " + error);
+    return nullptr;
+  }
+  return &np;
 }
 
 // Resolves a list of identity policy names into `out`.
 void resolve_identity(Decoded& d, const std::string& base, const std::vector<std::string>& names,
                       const std::unordered_map<std::string_view, std::size_t>& index,
                       std::vector<PolicyPtr>& out) {
-  const Config& c = d.config;
   for (std::size_t j = 0; j < names.size(); ++j) {
     if (names[j].empty()) {
       continue;  // invalid, already reported
     }
-    const std::string path = item_path(d, base, j);
-    const auto it = index.find(names[j]);
-    if (it == index.end()) {
-      d.diagnostics.add(d.position(path), path,
-                        "unknown policy '" + printable(names[j]) + "'" +
-                            (c.policies.empty() ? std::string(" (no policies are defined)")
-                                                : suggestion(names[j], names_of(c.policies))));
-      continue;
+    if (const NamedPolicy* np = find_named(d, item_path(d, base, j), names[j], index,
+                                           policy::PolicyKind::kIdentity)) {
+      out.push_back(np->compiled);
     }
-    const NamedPolicy& np = c.policies[it->second];
-    std::string error;
-    if (!compile_policy(np.json, np.name, policy::PolicyKind::kIdentity, &error)) {
-      if (!np.json.empty()) {
-        d.diagnostics.add(d.position(path), path,
-                          "policy '" + np.name + "' is not an identity policy: " + error);
-      }
-      continue;
-    }
-    out.push_back(np.compiled);
   }
 }
 
@@ -324,32 +341,24 @@ void resolve_identity(Decoded& d, const std::string& base, const std::vector<std
 void resolve_resource(Decoded& d, const std::string& path, const std::string& inline_id,
                       const std::unordered_map<std::string_view, std::size_t>& index,
                       PolicyRef& ref) {
-  const Config& c = d.config;
   if (!ref.json.empty()) {
-    ref.compiled = compile_policy(ref.json, inline_id, policy::PolicyKind::kResource, nullptr);
+    // Inline documents were validated during the walk; translated `invokers` were not.
+    std::string error;
+    ref.compiled = compile_policy(ref.json, inline_id, policy::PolicyKind::kResource, &error);
+    if (!ref.compiled) {
+      d.diagnostics.add(d.position(path), path,
+                        "cannot be used as a resource policy: " + error +
+                            " (write the function's `policy` instead)");
+    }
     return;
   }
   if (ref.name.empty()) {
     return;
   }
-  const auto it = index.find(ref.name);
-  if (it == index.end()) {
-    d.diagnostics.add(d.position(path), path,
-                      "unknown policy '" + printable(ref.name) + "'" +
-                          (c.policies.empty() ? std::string(" (no policies are defined)")
-                                              : suggestion(ref.name, names_of(c.policies))));
-    return;
+  if (const NamedPolicy* np =
+          find_named(d, path, ref.name, index, policy::PolicyKind::kResource)) {
+    ref.compiled = np->compiled;
   }
-  const NamedPolicy& np = c.policies[it->second];
-  std::string error;
-  if (!compile_policy(np.json, np.name, policy::PolicyKind::kResource, &error)) {
-    if (!np.json.empty()) {
-      d.diagnostics.add(d.position(path), path,
-                        "policy '" + np.name + "' is not a resource policy: " + error);
-    }
-    return;
-  }
-  ref.compiled = np.compiled;
 }
 
 void check_policies(Decoded& d) {
@@ -385,10 +394,12 @@ void check_policies(Decoded& d) {
                         "for a resource policy)");
       continue;
     }
+    f.arn = policy::function_arn(c.region, c.account_id, f.name);
     if (f.invokers_set) {
       f.policy.json = invokers_policy(f);
     }
-    resolve_resource(d, base + ".policy", "function:" + f.name, index, f.policy);
+    resolve_resource(d, base + (f.invokers_set ? ".invokers" : ".policy"), "function:" + f.name,
+                     index, f.policy);
     if (!f.role.empty() && !roles.contains(f.role)) {
       const std::string path = base + ".role";
       d.diagnostics.add(d.position(path), path,

@@ -180,6 +180,8 @@ struct FunctionConfig {
   PolicyRef policy;                       // resource policy for lambda:InvokeFunction. None =
                                           // every route that targets it, plus principals whose
                                           // identity policies allow it (admin by default)
+  std::string arn;                        // arn:gatehouse:lambda:<region>:<account>:function:
+                                          // <name>, set at load
   int line = 0;                           // 1-based line where it was declared, for messages
 };
 
@@ -291,8 +293,7 @@ struct AdminConfig {
   std::vector<std::string> policies;      // identity policies of the admin principal
                                           // (policies[] names, checked; at most 10); empty =
                                           // allowed everything
-  std::vector<PolicyPtr> compiled;        // the same, compiled; with no policies, one built-in
-                                          // policy allowing every action
+  std::vector<PolicyPtr> compiled;        // the same, compiled
 };
 
 struct LogConfig {

@@ -66,7 +66,7 @@ enum class Format : std::uint8_t {
   kHeaderName,  // an HTTP token of at most 256 bytes, not a framing header (stored lower-case)
   kPeriod,      // DAY | WEEK | MONTH
   kFsPath,      // an absolute filesystem path without control characters
-  kInvoker,     // route:NAME | trigger:NAME | workflow:NAME | principal:ID, optional trailing '*'
+  kInvoker,     // route:NAME | trigger:NAME | workflow:NAME | principal:ARN, optional trailing '*'
   kAccountId,   // 12 decimal digits
   kRegion,      // [a-z0-9-]{1,32}
 };
@@ -566,13 +566,19 @@ class Walker {
         if (has_control(s, false)) {
           return "must not contain control characters";
         }
+        if (std::string_view(s).starts_with("principal:") &&
+            !std::string_view(s).substr(10).starts_with("arn:")) {
+          return "'" + printable(s) +
+                 "' must name the principal's ARN: principal:arn:gatehouse:iam::<account>:"
+                 "role/NAME, ...:apikey/ID, ...:admin (docs/policy.md, \"Principals\")";
+        }
         for (std::string_view kind : kInvokerKinds) {
           if (std::string_view(s).starts_with(kind) && s.size() > kind.size()) {
             return std::nullopt;
           }
         }
         return "'" + printable(s) +
-               "' must be route:NAME, trigger:NAME, workflow:NAME or principal:ID "
+               "' must be route:NAME, trigger:NAME, workflow:NAME or principal:ARN "
                "(a trailing '*' matches any suffix)";
       }
     }
@@ -854,6 +860,17 @@ constexpr Field<S> duration(std::string_view key, milliseconds S::*member, milli
 template <class S>
 constexpr Field<S> boolean(std::string_view key, bool S::*member) {
   return {.key = key, .kind = Kind::kBool, .slot = member};
+}
+
+// A list of policies[] names (checked once the whole file is read): identity policies.
+template <class S>
+constexpr Field<S> policy_names(std::vector<std::string> S::*member) {
+  return {.key = "policies",
+          .kind = Kind::kStringList,
+          .slot = member,
+          .min = 0,
+          .max = 10,
+          .format = Format::kName};
 }
 
 template <class S>
@@ -1433,12 +1450,7 @@ constexpr std::array kAdminFields{
     string("metrics_path", &AdminConfig::metrics_path, 1, 1024, Format::kPath),
     string("admin_prefix", &AdminConfig::admin_prefix, 1, 1024, Format::kPrefix),
     boolean("metrics_public", &AdminConfig::metrics_public),
-    Field<AdminConfig>{.key = "policies",
-                       .kind = Kind::kStringList,
-                       .slot = &AdminConfig::policies,
-                       .min = 0,
-                       .max = 10,
-                       .format = Format::kName},
+    policy_names(&AdminConfig::policies),
 };
 
 constexpr std::array kLogFields{
@@ -1646,7 +1658,7 @@ constexpr std::array kFunctionFields{
     integer("max_pids", &FunctionConfig::max_pids, 1, 4096),
     section<&FunctionConfig::sandbox, kSandboxFields>("sandbox"),
     string("role", &FunctionConfig::role, 1, 64, Format::kName),
-    custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 1000,
+    custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 500,
                            Format::kInvoker),
     custom<FunctionConfig>("policy", Kind::kString, &decode_policy_ref<FunctionConfig>, 1, 64,
                            Format::kName),
@@ -1660,12 +1672,7 @@ constexpr std::array kPolicyFields{
 
 constexpr std::array kRoleFields{
     string("name", &Role::name, 1, 64, Format::kName, /*required=*/true),
-    Field<Role>{.key = "policies",
-                .kind = Kind::kStringList,
-                .slot = &Role::policies,
-                .min = 0,
-                .max = 10,
-                .format = Format::kName},
+    policy_names(&Role::policies),
 };
 
 constexpr std::array kAuthorizationFields{
@@ -1701,12 +1708,7 @@ constexpr std::array kPlanFields{
                 .max = 10'000,
                 .format = Format::kRouteName},
     list<&Plan::overrides, kOverrideFields>("overrides", 10'000),
-    Field<Plan>{.key = "policies",
-                .kind = Kind::kStringList,
-                .slot = &Plan::policies,
-                .min = 0,
-                .max = 10,
-                .format = Format::kName},
+    policy_names(&Plan::policies),
 };
 
 constexpr std::array kConfigFields{

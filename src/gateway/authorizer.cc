@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 
 #include "auth/auth.h"
 
@@ -10,73 +9,41 @@ namespace gatehouse::gateway {
 
 namespace {
 
-constexpr std::string_view kHeaderKey = "gatehouse:header/";
 constexpr std::string_view kDefaultStage = "$default";
 
-char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool is_token_char(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '-' || c == '_' || c == '.' || c == '!' || c == '#' || c == '&' || c == '\'' ||
-         c == '+' || c == '^' || c == '`' || c == '|' || c == '~';
-}
-
-// Case-insensitive search of `needle` (lower-case) in `hay` from `from`.
-std::size_t ifind(std::string_view hay, std::string_view needle, std::size_t from) {
-  for (std::size_t i = from; i + needle.size() <= hay.size(); ++i) {
-    std::size_t k = 0;
-    while (k < needle.size() && lower(hay[i + k]) == needle[k]) {
-      ++k;
-    }
-    if (k == needle.size()) {
-      return i;
-    }
+// Records the request headers `p` reads as gatehouse:Header/<name>.
+void collect_headers(const policy::Policy* p, AuthzTable& t) {
+  if (p == nullptr) {
+    return;
   }
-  return std::string_view::npos;
-}
-
-// Collects the header names a document refers to (in conditions or in ${...} variables) and
-// whether it names execute-api. A textual scan of the JSON over-approximates (a Sid that
-// mentions a key adds it), which only costs one header lookup per request.
-void scan_document(std::string_view json, AuthzTable& t) {
-  for (std::size_t at = ifind(json, kHeaderKey, 0); at != std::string_view::npos;
-       at = ifind(json, kHeaderKey, at + 1)) {
-    std::size_t end = at + kHeaderKey.size();
-    std::string name;
-    while (end < json.size() && is_token_char(json[end])) {
-      name += lower(json[end++]);
+  for (const std::string& key : p->condition_keys()) {  // lowercased by the policy parser
+    if (!key.starts_with(kHeaderKeyPrefix) || key.size() == kHeaderKeyPrefix.size()) {
+      continue;
     }
     const bool known = std::any_of(t.headers.begin(), t.headers.end(),
-                                   [&](const auto& h) { return h.second == name; });
-    if (!name.empty() && !known) {
-      t.headers.emplace_back("gatehouse:Header/" + name, name);
+                                   [&](const auto& h) { return h.first == key; });
+    if (!known) {
+      t.headers.emplace_back(key, key.substr(kHeaderKeyPrefix.size()));
     }
-  }
-  if (ifind(json, "execute-api", 0) != std::string_view::npos) {
-    t.execute_api_alias = true;
   }
 }
 
 // aws:CurrentTime and aws:EpochTime for this second, formatted once per second per thread.
 struct TimeKeys {
   std::int64_t second = -1;
-  std::string iso;
-  std::string epoch;
+  policy::Context keys;
 };
 
-const TimeKeys& time_keys() {
-  thread_local TimeKeys keys;
+const policy::Context& time_keys() {
+  thread_local TimeKeys t;
   const auto now = std::chrono::system_clock::now();
   const std::int64_t s =
       std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
-  if (s != keys.second) {
-    policy::Context scratch;
-    policy::set_time_keys(scratch, now);
-    keys.iso = scratch.find("aws:CurrentTime")->front();
-    keys.epoch = scratch.find("aws:EpochTime")->front();
-    keys.second = s;
+  if (s != t.second) {
+    policy::set_time_keys(t.keys, now);
+    t.second = s;
   }
-  return keys;
+  return t.keys;
 }
 
 void set_or_clear(policy::Context& c, std::string_view key, std::string_view value) {
@@ -104,29 +71,27 @@ void describe(const policy::Decision& d, std::string& out) {
   }
 }
 
-// The refusal for a denied decision; the message lives in a per-thread buffer (the pipeline
-// writes it before the next request on this thread).
-Verdict deny(const policy::Decision& d, Refusal& out) {
+// The refusal for a denied decision. The message lives in a per-thread buffer: the pipeline
+// writes the refusal before this thread decides another request.
+Verdict deny(const policy::Decision& d, bool evaluated, Refusal& out) {
   thread_local std::string message;
   message.clear();
   if (d.effect == policy::Effect::kExplicitDeny && d.policy != nullptr) {
     message += "explicitly denied by ";
     describe(d, message);
+  } else if (evaluated) {
+    message += "no policy statement allows this request";
   } else {
-    message += "no policy allows this request";
+    message += "no policy applies to this route and authorization.default is deny";
   }
   out = Refusal{403, "AccessDenied", message, {}};
   return Verdict::kRefuse;
 }
 
-// The principal part of the per-thread request: ARN and tags of ctx.principal.
+// The principal of the per-thread request: the ARN of ctx.principal and its tags.
 void set_principal(const RequestContext& ctx, policy::Request& r) {
-  if (ctx.principal.id.empty()) {
-    r.principal.arns.clear();
-  } else {
-    r.principal.arns.resize(1);
-    r.principal.arns[0].assign(ctx.principal.id);
-  }
+  r.principal.arns.resize(1);
+  r.principal.arns[0].assign(ctx.principal.id);
   if (ctx.api_key != nullptr) {
     r.principal.tags.resize(1);
     r.principal.tags[0].first.assign("plan");
@@ -134,6 +99,22 @@ void set_principal(const RequestContext& ctx, policy::Request& r) {
   } else {
     r.principal.tags.clear();
   }
+}
+
+std::string_view principal_type(std::string_view kind) {
+  if (kind == "api_key") {
+    return "ApiKey";
+  }
+  if (kind == "admin") {
+    return "Admin";
+  }
+  if (kind == "role") {
+    return "Role";
+  }
+  if (kind == "user") {
+    return "User";
+  }
+  return "Anonymous";
 }
 
 }  // namespace
@@ -148,9 +129,12 @@ std::shared_ptr<const AuthzTable> compile_authz(const config::Config& c) {
     t->routes.push_back(AuthzTable::Route{
         r.policy.compiled.get(),
         "arn:gatehouse:execute-api:" + c.region + ":" + c.account_id + ":" + r.name + "/"});
-    scan_document(r.policy.json, *t);
+    collect_headers(r.policy.compiled.get(), *t);
   }
   for (const config::Plan& p : c.plans) {
+    if (p.compiled.empty()) {
+      continue;
+    }
     auto& list = t->plan_policies[p.name];
     for (const auto& pol : p.compiled) {
       list.push_back(pol.get());
@@ -159,8 +143,13 @@ std::shared_ptr<const AuthzTable> compile_authz(const config::Config& c) {
   for (const auto& pol : c.admin.compiled) {
     t->admin_policies.push_back(pol.get());
   }
+  // Function policies see the same keys (the route's caller context carries them), and named
+  // policies cover plans, roles and the admin.
+  for (const config::FunctionConfig& f : c.functions) {
+    collect_headers(f.policy.compiled.get(), *t);
+  }
   for (const config::NamedPolicy& p : c.policies) {
-    scan_document(p.json, *t);
+    collect_headers(p.compiled.get(), *t);
   }
   return t;
 }
@@ -181,21 +170,16 @@ std::uint32_t incoming_depth(const http::Request& req) noexcept {
 }
 
 void fill_context(const RequestContext& ctx, policy::Context& out) {
-  const TimeKeys& now = time_keys();
-  out.assign("aws:CurrentTime", now.iso);
-  out.assign("aws:EpochTime", now.epoch);
+  const policy::Context& now = time_keys();
+  for (std::string_view key : {"aws:CurrentTime", "aws:EpochTime"}) {
+    out.assign(key, now.find(key)->front());  // set_time_keys sets both
+  }
   set_or_clear(out, "aws:SourceIp", ctx.remote_ip);
   out.assign("aws:SecureTransport", "false");  // no TLS listener yet
   const auth::ApiKey* key = ctx.api_key;
   set_or_clear(out, "aws:username", key != nullptr ? std::string_view(key->name) : "");
   set_or_clear(out, "aws:userid", key != nullptr ? std::string_view(key->id) : "");
-  std::string_view type = "Anonymous";
-  if (ctx.principal.kind == "api_key") {
-    type = "ApiKey";
-  } else if (ctx.principal.kind == "admin") {
-    type = "Admin";
-  }
-  out.assign("aws:PrincipalType", type);
+  out.assign("aws:PrincipalType", principal_type(ctx.principal.kind));
   out.assign("gatehouse:SourceKind", "route");
   // ctx.match is only meaningful once a route matched (builtins leave the previous one there).
   const bool routed = ctx.route != nullptr;
@@ -211,9 +195,9 @@ void fill_context(const RequestContext& ctx, policy::Context& out) {
     const std::uint64_t depth = std::uint64_t{incoming_depth(*ctx.request)} + 1;
     out.assign("gatehouse:LineageDepth", std::string_view(num, core::format_uint(num, depth)));
   }
-  if (ctx.authz != nullptr && ctx.request != nullptr) {
-    for (const auto& [key, header] : ctx.authz->headers) {
-      set_or_clear(out, key, ctx.request->header(header));
+  if (ctx.authz != nullptr) {
+    for (const auto& [k, header] : ctx.authz->headers) {
+      set_or_clear(out, k, ctx.request != nullptr ? ctx.request->header(header) : "");
     }
   }
 }
@@ -225,21 +209,18 @@ Verdict PolicyAuthorizer::authorize(RequestContext& ctx, Refusal& out) {
   }
   const AuthzTable::Route& route = t->routes[ctx.route_index];
   std::span<const policy::Policy* const> identity;
-  if (ctx.api_key != nullptr) {
+  if (ctx.api_key != nullptr && !t->plan_policies.empty()) {
     if (const auto it = t->plan_policies.find(ctx.api_key->plan); it != t->plan_policies.end()) {
       identity = it->second;
     }
   }
   if (route.policy == nullptr && identity.empty()) {
-    // No policy in play: open, unless the config makes authorization deny by default.
-    if (!t->default_deny) {
-      return Verdict::kContinue;
-    }
-    return deny(policy::Decision{}, out);
+    // No policy in play: authorization.default decides, at the cost of one branch.
+    return t->default_deny ? deny(policy::Decision{}, false, out) : Verdict::kContinue;
   }
   thread_local policy::Request r;
   set_principal(ctx, r);
-  r.action.assign("gatehouse:Invoke");
+  r.action.assign(kRouteAction);
   // <route name>/<stage>/<METHOD>/<path without the stage and its leading '/'>, as API Gateway's
   // execute-api ARNs read.
   std::string_view path = ctx.request->path;
@@ -257,24 +238,15 @@ Verdict PolicyAuthorizer::authorize(RequestContext& ctx, Refusal& out) {
   r.resource.append(path);
   r.account.assign(t->account);
   fill_context(ctx, r.context);
-  policy::Decision d = policy::evaluate(r, identity, route.policy);
-  if (t->execute_api_alias && d.effect != policy::Effect::kExplicitDeny) {
-    // The same request under API Gateway's action name: an explicit deny under either name
-    // wins, then an allow under either.
-    r.action.assign("execute-api:Invoke");
-    const policy::Decision alias = policy::evaluate(r, identity, route.policy);
-    if (alias.effect == policy::Effect::kExplicitDeny || !d.allowed()) {
-      d = alias;
-    }
-  }
-  return d.allowed() ? Verdict::kContinue : deny(d, out);
+  const policy::Decision d = policy::evaluate(r, identity, route.policy);
+  return d.allowed() ? Verdict::kContinue : deny(d, true, out);
 }
 
 Verdict authorize_admin(RequestContext& ctx, std::string_view action, std::string_view resource,
                         Refusal& out) {
   const AuthzTable* t = ctx.authz;
   if (t == nullptr || t->admin_policies.empty()) {
-    return Verdict::kContinue;  // the admin is allowed everything unless admin.policies says
+    return Verdict::kContinue;  // the admin token allows everything unless admin.policies says
   }
   thread_local policy::Request r;
   set_principal(ctx, r);
@@ -285,7 +257,7 @@ Verdict authorize_admin(RequestContext& ctx, std::string_view action, std::strin
   fill_context(ctx, r.context);
   r.context.assign("gatehouse:SourceKind", "direct");
   const policy::Decision d = policy::evaluate(r, t->admin_policies, nullptr);
-  return d.allowed() ? Verdict::kContinue : deny(d, out);
+  return d.allowed() ? Verdict::kContinue : deny(d, true, out);
 }
 
 }  // namespace gatehouse::gateway

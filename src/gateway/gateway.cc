@@ -16,6 +16,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "gateway/authorizer.h"
@@ -288,7 +289,10 @@ class Pipeline final : public http::Handler {
   http::Step invoke_route_function(http::Exchange& ex, Conn& c);
   http::Step admin_invoke(http::Exchange& ex, Conn& c, std::string_view function);
   void answer_static(http::Exchange& ex, const RouteEntry& e);
-  bool admin_authorized(const http::Exchange& ex, const Snapshot& s) const;
+  // The admin token (401 without it), then admin.policies for `action` on the admin resource
+  // `resource` (no check when `action` is empty). Sets the admin principal on success.
+  std::optional<Refusal> admin_refusal(const http::Exchange& ex, Conn& c,
+                                       std::string_view action, std::string_view resource) const;
 
   GatewayImpl& gw_;
   struct alignas(64) PerWorker {
@@ -686,7 +690,7 @@ class GatewayImpl final : public Gateway {
     line += "\",\"stage\":\"";
     core::json_escape(line, ctx.match.stage);
     line += "\",\"principal\":\"";
-    core::json_escape(line, ctx.principal.id.empty() ? ctx.principal.kind : ctx.principal.id);
+    core::json_escape(line, ctx.principal.id);
     line += "\",\"status\":" + std::to_string(ex.status());
     line += ",\"duration_us\":" + std::to_string(dur_us);
     line += ",\"bytes_in\":" + std::to_string(r.body.size());
@@ -960,13 +964,9 @@ namespace {
 // identity policies of its plan and the request's condition keys, for the function's policy.
 runtime::CallerContext route_caller(const RequestContext& ctx, const Snapshot& s) {
   runtime::CallerContext caller;
-  caller.principal = ctx.principal.id.empty() ? std::string("anonymous")
-                                              : std::string(ctx.principal.id);
-  if (!ctx.principal.id.empty()) {
-    caller.identity.arns.emplace_back(ctx.principal.id);
-  }
+  caller.principal = std::string(ctx.principal.id);
   if (ctx.api_key != nullptr) {
-    caller.identity.tags.emplace_back("plan", ctx.api_key->plan);
+    caller.principal_tags.emplace_back("plan", ctx.api_key->plan);
     if (const config::Plan* plan = s.config.find_plan(ctx.api_key->plan)) {
       caller.policies = plan->compiled;
     }
@@ -1116,57 +1116,71 @@ http::Step Pipeline::refuse(http::Exchange& ex, Conn& c, const Refusal& r) {
 
 namespace {
 
-// The IAM action and admin resource (the part after "admin/") of an admin endpoint; false for
-// paths that are no endpoint, and for function invocation (the runtime decides it, with
-// lambda:InvokeFunction). `resource` points into `sub`.
-bool admin_action(std::string_view method, std::string_view sub, std::string_view& action,
-                  std::string_view& resource) {
+// The IAM action and admin resource (the part after "admin/") of an admin endpoint
+// (docs/policy.md, "The admin API"). Function invocation and paths that are no endpoint get no
+// action: the runtime decides invocations (lambda:InvokeFunction), the rest is a 404.
+struct AdminAction {
+  std::string_view action;
+  std::string_view resource;  // points into the path
+};
+
+AdminAction admin_action(std::string_view method, std::string_view sub) {
   const bool get = method == "GET" || method == "HEAD";
+  const std::string_view whole = sub.substr(std::min<std::size_t>(1, sub.size()));
   if (sub == "/config" && get) {
-    action = "gatehouse:GetConfig";
-  } else if (sub == "/reload" && method == "POST") {
-    action = "gatehouse:Reload";
-  } else if (sub == "/keys" && (get || method == "POST")) {
-    action = get ? "gatehouse:ListKeys" : "gatehouse:CreateKey";
-  } else if (sub.starts_with("/keys/") && method == "POST") {
-    const std::size_t slash = sub.rfind('/');
-    const std::string_view verb = sub.substr(slash + 1);
-    if (slash <= std::string_view("/keys").size()) {
-      return false;
-    }
-    if (verb == "revoke") {
-      action = "gatehouse:RevokeKey";
-    } else if (verb == "rotate") {
-      action = "gatehouse:RotateKey";
-    } else if (verb == "attach") {
-      action = "gatehouse:AttachKey";
-    } else {
-      return false;
-    }
-    resource = sub.substr(1, slash - 1);  // keys/<id or name>
-    return true;
-  } else {
-    return false;
+    return {"gatehouse:GetConfig", whole};
   }
-  resource = sub.substr(1);
-  return true;
+  if (sub == "/reload" && method == "POST") {
+    return {"gatehouse:Reload", whole};
+  }
+  if (sub == "/keys" && (get || method == "POST")) {
+    return {get ? "gatehouse:ListKeys" : "gatehouse:CreateKey", whole};
+  }
+  constexpr std::string_view kKeys = "/keys/";
+  const std::size_t slash = sub.rfind('/');
+  if (!sub.starts_with(kKeys) || method != "POST" || slash < kKeys.size()) {
+    return {};
+  }
+  const std::string_view verb = sub.substr(slash + 1);
+  const std::string_view key = sub.substr(1, slash - 1);  // keys/<id or name>
+  if (verb == "revoke") {
+    return {"gatehouse:RevokeKey", key};
+  }
+  if (verb == "rotate") {
+    return {"gatehouse:RotateKey", key};
+  }
+  if (verb == "attach") {
+    return {"gatehouse:AttachKey", key};
+  }
+  return {};
 }
 
 }  // namespace
 
-bool Pipeline::admin_authorized(const http::Exchange& ex, const Snapshot& s) const {
+std::optional<Refusal> Pipeline::admin_refusal(const http::Exchange& ex, Conn& c,
+                                               std::string_view action,
+                                               std::string_view resource) const {
+  const Snapshot& s = *c.snapshot;
   const std::string& want = s.config.admin.token_sha256;
-  if (want.empty()) {
-    return false;
-  }
   std::string_view auth = ex.request().header("authorization");
   constexpr std::string_view kBearer = "Bearer ";
-  if (auth.size() <= kBearer.size() || !iequals(auth.substr(0, kBearer.size()), kBearer)) {
-    return false;
+  const Refusal unauthenticated{401, "Unauthenticated", "the admin token is required",
+                                "WWW-Authenticate: Bearer\r\n"};
+  if (want.empty() || auth.size() <= kBearer.size() ||
+      !iequals(auth.substr(0, kBearer.size()), kBearer)) {
+    return unauthenticated;
   }
   auth.remove_prefix(kBearer.size());
   // Compare hashes, in constant time: the token itself is never stored.
-  return core::constant_time_equal(core::sha256_hex(auth), want);
+  if (!core::constant_time_equal(core::sha256_hex(auth), want)) {
+    return unauthenticated;
+  }
+  c.ctx.principal = Principal{"admin", s.authz->admin_arn};
+  Refusal denied;
+  if (!action.empty() && authorize_admin(c.ctx, action, resource, denied) == Verdict::kRefuse) {
+    return denied;
+  }
+  return std::nullopt;
 }
 
 http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
@@ -1189,16 +1203,8 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
         return refuse(ex, c, Refusal{405, "MethodNotAllowed", "use GET", "Allow: GET, HEAD\r\n"});
       }
       if (!s.config.admin.metrics_public) {
-        if (!admin_authorized(ex, s)) {
-          return refuse(ex, c,
-                        Refusal{401, "Unauthenticated", "the admin token is required",
-                                "WWW-Authenticate: Bearer\r\n"});
-        }
-        c.ctx.principal = Principal{"admin", s.authz->admin_arn};
-        Refusal denied;
-        if (authorize_admin(c.ctx, "gatehouse:GetMetrics", "metrics", denied) ==
-            Verdict::kRefuse) {
-          return refuse(ex, c, denied);
+        if (auto refused = admin_refusal(ex, c, "gatehouse:GetMetrics", "metrics")) {
+          return refuse(ex, c, *refused);
         }
       }
       w.start(200, ex.request_id(), ex.keep_alive());
@@ -1212,20 +1218,10 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
             ex, c,
             Refusal{403, "AdminDisabled", "the admin API is disabled: set admin.token_sha256", {}});
       }
-      if (!admin_authorized(ex, s)) {
-        return refuse(ex, c,
-                      Refusal{401, "Unauthenticated", "the admin token is required",
-                              "WWW-Authenticate: Bearer\r\n"});
-      }
       const std::string_view sub = req.path.substr(s.config.admin.admin_prefix.size());
-      c.ctx.principal = Principal{"admin", s.authz->admin_arn};
-      std::string_view action;
-      std::string_view resource;
-      if (admin_action(req.method, sub, action, resource)) {
-        Refusal denied;
-        if (authorize_admin(c.ctx, action, resource, denied) == Verdict::kRefuse) {
-          return refuse(ex, c, denied);
-        }
+      const AdminAction a = admin_action(req.method, sub);
+      if (auto refused = admin_refusal(ex, c, a.action, a.resource)) {
+        return refuse(ex, c, *refused);
       }
       if (sub == "/config" && get) {
         std::string body = "{\"source\":\"";

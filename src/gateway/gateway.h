@@ -20,6 +20,7 @@
 #include "config/config.h"
 #include "core/core.h"
 #include "http/http.h"
+#include "policy/policy.h"
 
 namespace gatehouse::auth {
 struct ApiKey;
@@ -37,11 +38,12 @@ struct KeyState;    // an API key's limiter cells (limiter.h)
 struct CompiledPlan;  // a usage plan compiled into a LimitTable (limiter.h)
 struct AuthzTable;    // the compiled authorization of a Snapshot (authorizer.h)
 
-// Who is calling. Filled by the authenticate stage; "anonymous" by default. The id is the
-// principal's ARN (docs/policy.md, "Names"), empty for anonymous callers.
+// Who is calling. Filled by the authenticate stage; anonymous by default. The id is always the
+// principal's ARN (docs/policy.md, "Principals"): policies name it in Principal.AWS and
+// aws:PrincipalArn, and function invocations carry it in their caller context.
 struct Principal {
   std::string_view kind = "anonymous";  // anonymous | api_key | user | role | admin
-  std::string_view id;  // e.g. "arn:gatehouse:iam::000000000000:apikey/0123456789abcdef"
+  std::string_view id = policy::kAnonymousArn;  // e.g. arn:gatehouse:iam::<account>:apikey/<id>
 };
 
 // What flows through the stages for one request. Reused per connection; views live as long as

@@ -37,6 +37,34 @@ std::string_view Policy::sid(std::size_t index) const noexcept {
                                           : std::string_view();
 }
 
+std::vector<std::string> Policy::condition_keys() const {
+  std::vector<std::string> keys;
+  auto add = [&keys](const std::string& key) {
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+      keys.push_back(key);
+    }
+  };
+  auto add_variables = [&add](const Template& t) {
+    for (const Segment& s : t.segments) {
+      if (s.kind == Segment::Kind::kVariable) {
+        add(s.text);
+      }
+    }
+  };
+  for (const Statement& s : impl_->statements) {
+    for (const Template& t : s.resources) {
+      add_variables(t);
+    }
+    for (const Condition& c : s.conditions) {
+      add(c.key);
+      for (const ConditionValue& v : c.values) {
+        add_variables(v.value);
+      }
+    }
+  }
+  return keys;
+}
+
 void Context::set(std::string_view key, std::vector<std::string> values) {
   for (auto& [k, v] : entries_) {
     if (detail::iequals(k, key)) {
@@ -67,16 +95,32 @@ void Context::clear(std::string_view key) noexcept {
   }
 }
 
+namespace {
+// arn:gatehouse:iam::<account>:<parts...>
+template <class... Parts>
+std::string iam_arn(std::string_view account, Parts... parts) {
+  std::string arn = "arn:gatehouse:iam::";
+  arn += account;
+  arn += ':';
+  (arn.append(parts), ...);
+  return arn;
+}
+}  // namespace
+
 std::string role_arn(std::string_view account, std::string_view name) {
-  return "arn:gatehouse:iam::" + std::string(account) + ":role/" + std::string(name);
+  return iam_arn(account, std::string_view("role/"), name);
 }
 
 std::string api_key_arn(std::string_view account, std::string_view key_id) {
-  return "arn:gatehouse:iam::" + std::string(account) + ":apikey/" + std::string(key_id);
+  return iam_arn(account, std::string_view("apikey/"), key_id);
+}
+
+std::string user_arn(std::string_view account, std::string_view pool, std::string_view name) {
+  return iam_arn(account, std::string_view("user/"), pool, std::string_view("/"), name);
 }
 
 std::string admin_arn(std::string_view account) {
-  return "arn:gatehouse:iam::" + std::string(account) + ":admin";
+  return iam_arn(account, std::string_view("admin"));
 }
 
 std::string function_arn(std::string_view region, std::string_view account,

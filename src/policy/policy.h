@@ -57,6 +57,10 @@ class Policy {
   [[nodiscard]] std::size_t statement_count() const noexcept;
   // The Sid of statement `index` ("" when it has none, or index is out of range).
   [[nodiscard]] std::string_view sid(std::size_t index) const noexcept;
+  // Every condition key the document reads, lowercased, each once: the keys of its Condition
+  // blocks and the ${key} variables of its Resource and Condition values. Lets a caller fill
+  // only the context keys some policy can look at (the gateway's request headers).
+  [[nodiscard]] std::vector<std::string> condition_keys() const;
 
   [[nodiscard]] const detail::CompiledPolicy& compiled() const noexcept { return *impl_; }
 
@@ -120,11 +124,19 @@ struct Request {
 
 enum class Effect : std::uint8_t { kAllow, kExplicitDeny, kImplicitDeny };
 
-// Gatehouse's names (docs/policy.md, "Names"). Each returns a new string.
+// Gatehouse's principal and resource names (docs/policy.md, "Names"). Each returns a new string.
+//
+// The anonymous caller. It has no account (so a Principal naming the account, or its :root,
+// never matches it), but policies can name it in Principal.AWS and aws:PrincipalArn.
+inline constexpr std::string_view kAnonymousArn = "arn:gatehouse:iam:::anonymous";
 // arn:gatehouse:iam::<account>:role/<name>
 [[nodiscard]] std::string role_arn(std::string_view account, std::string_view name);
-// arn:gatehouse:iam::<account>:apikey/<key id>
+// arn:gatehouse:iam::<account>:apikey/<key id> (the id, not the name: names are labels that
+// several keys may share, ids are unique and survive rotation)
 [[nodiscard]] std::string api_key_arn(std::string_view account, std::string_view key_id);
+// arn:gatehouse:iam::<account>:user/<pool>/<name>, a user of a user pool
+[[nodiscard]] std::string user_arn(std::string_view account, std::string_view pool,
+                                   std::string_view name);
 // arn:gatehouse:iam::<account>:admin (the holder of the admin token)
 [[nodiscard]] std::string admin_arn(std::string_view account);
 // arn:gatehouse:lambda:<region>:<account>:function:<name>

@@ -37,14 +37,15 @@ enum class SourceKind : std::uint8_t {
 
 // Who caused an invocation and why; every invocation carries one.
 struct CallerContext {
-  std::string principal = "anonymous";  // for display (events, Gatehouse-Principal): the
-                                        // caller's ARN, or "anonymous"
-  // The caller as the policy engine sees it: its ARNs (none = anonymous) and principal tags,
-  // the identity policies attached to it, and the condition keys its entry point knows
-  // (aws:SourceIp, gatehouse:Route, ... as docs/policy.md lists). The runtime adds
-  // gatehouse:SourceKind, gatehouse:Source, gatehouse:LineageDepth and the time keys.
-  policy::Principal identity;
+  // The caller's ARN (docs/policy.md, "Principals"): aws:PrincipalArn for the function's
+  // policy, and what the function sees (Gatehouse-Principal, the event's requestContext).
+  std::string principal = std::string(policy::kAnonymousArn);
+  std::vector<std::pair<std::string, std::string>> principal_tags;  // aws:PrincipalTag/<k>
+  // The identity policies attached to the caller (its plan's, its role's, the admin's).
   std::vector<config::PolicyPtr> policies;
+  // The condition keys its entry point knows (aws:SourceIp, gatehouse:Route, ... as
+  // docs/policy.md lists). The runtime adds gatehouse:SourceKind, gatehouse:Source,
+  // gatehouse:LineageDepth and, when absent, the time keys.
   policy::Context conditions;
   SourceKind source = SourceKind::kDirect;
   std::string source_name;  // route, trigger or workflow name ("" for kDirect)
@@ -96,13 +97,13 @@ using InvokeCallback = std::function<void(InvokeResult)>;
 // the role is not declared). Source and depth are left for the caller to set.
 [[nodiscard]] CallerContext role_caller(const config::Config& config, std::string_view role);
 
-// Whether `caller` may invoke `function` under `config`, as Runtime::invoke decides it:
-// lambda:InvokeFunction on arn:gatehouse:lambda:<region>:<account>:function:<name>, evaluated
-// over the caller's identity policies and the function's resource policy. Without a resource
-// policy, a route may always call (the route's own authorization applied) and other callers
-// need an identity policy that allows it. The Decision borrows from the policies.
-[[nodiscard]] policy::Decision authorize_invocation(const config::Config& config,
-                                                    const config::FunctionConfig& function,
+// Whether `caller` may invoke `function`, as Runtime::invoke decides it (the one place that
+// decides it): lambda:InvokeFunction on function.arn, evaluated over the caller's identity
+// policies and the function's resource policy (`policy`, or `invokers` translated into one).
+// Without a resource policy, a route may always call (the route's own authorization applied)
+// and other callers need an identity policy that allows it. The Decision borrows from the
+// policies.
+[[nodiscard]] policy::Decision authorize_invocation(const config::FunctionConfig& function,
                                                     const CallerContext& caller);
 
 struct Options {
