@@ -330,8 +330,8 @@ void resolve_identity(Decoded& d, const std::string& base, const std::vector<std
     if (names[j].empty()) {
       continue;  // invalid, already reported
     }
-    if (const NamedPolicy* np = find_named(d, item_path(d, base, j), names[j], index,
-                                           policy::PolicyKind::kIdentity)) {
+    if (const NamedPolicy* np =
+            find_named(d, item_path(d, base, j), names[j], index, policy::PolicyKind::kIdentity)) {
       out.push_back(np->compiled);
     }
   }
@@ -355,8 +355,7 @@ void resolve_resource(Decoded& d, const std::string& path, const std::string& in
   if (ref.name.empty()) {
     return;
   }
-  if (const NamedPolicy* np =
-          find_named(d, path, ref.name, index, policy::PolicyKind::kResource)) {
+  if (const NamedPolicy* np = find_named(d, path, ref.name, index, policy::PolicyKind::kResource)) {
     ref.compiled = np->compiled;
   }
 }

@@ -31,11 +31,11 @@ using PolicyPtr = std::shared_ptr<const policy::Policy>;
 // A named policy document (YAML policies[]): an identity or resource policy referenced by name
 // from plans, roles, admin, routes and functions (docs/policy.md, "Wiring").
 struct NamedPolicy {
-  std::string name;      // [A-Za-z0-9_-]{1,64}, unique; required. The policy's id in decisions
-  std::string json;      // the document as JSON: an inline YAML/JSON mapping converted, or the
-                         // contents of the file a string names (relative to the config file);
-                         // at most 20480 bytes (policy::kMaxPolicyBytes); required
-  PolicyPtr compiled;    // set once the whole config is valid
+  std::string name;    // [A-Za-z0-9_-]{1,64}, unique; required. The policy's id in decisions
+  std::string json;    // the document as JSON: an inline YAML/JSON mapping converted, or the
+                       // contents of the file a string names (relative to the config file);
+                       // at most 20480 bytes (policy::kMaxPolicyBytes); required
+  PolicyPtr compiled;  // set once the whole config is valid
   int line = 0;
 };
 

@@ -5,11 +5,17 @@
 // gatehouse.example.yaml, and add a rejection case to tests/unit/config/bad/.
 #include "config/schema.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <span>
@@ -72,8 +78,8 @@ enum class Format : std::uint8_t {
 };
 
 // The kinds of invocation source a function's `invokers` may name.
-constexpr std::array<std::string_view, 4> kInvokerKinds{"route:", "trigger:", "workflow:",
-                                                        "principal:"};
+constexpr std::array<std::string_view, 4> kInvokerKinds{
+    "route:", "trigger:", "workflow:", "principal:"};
 
 constexpr std::array<std::string_view, 6> kLogLevels{"trace", "debug", "info",
                                                      "warn",  "error", "off"};
@@ -549,9 +555,8 @@ class Walker {
         }
         return std::nullopt;
       case Format::kAccountId:
-        if (s.size() != 12 || !std::all_of(s.begin(), s.end(), [](char c) {
-              return c >= '0' && c <= '9';
-            })) {
+        if (s.size() != 12 ||
+            !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
           return "'" + printable(s) + "' is not an account id: use 12 decimal digits";
         }
         return std::nullopt;
@@ -1169,8 +1174,8 @@ bool is_env_name(std::string_view s) {
   });
 }
 
-void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v,
-                const std::string& path, FunctionConfig& out) {
+void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v, const std::string& path,
+                FunctionConfig& out) {
   if (v.node.IsNull()) {
     return;
   }
@@ -1205,8 +1210,8 @@ void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v,
       w.error(key.pos, var_path, "is set by the runtime and cannot be configured");
       continue;
     }
-    const bool duplicate = std::any_of(out.env.begin(), out.env.end(),
-                                       [&](const auto& e) { return e.first == name; });
+    const bool duplicate =
+        std::any_of(out.env.begin(), out.env.end(), [&](const auto& e) { return e.first == name; });
     if (duplicate) {
       w.error(key.pos, var_path, "duplicate key");
       continue;
@@ -1272,8 +1277,8 @@ bool yaml_to_json(Walker& w, const Value& v, const std::string& path, std::strin
         first = false;
         core::json_escape(out, it->first.Scalar());
         out += "\":";
-        const Value item{it->second, it->second.IsNull() ? position_of(it->first)
-                                                         : position_of(it->second)};
+        const Value item{it->second,
+                         it->second.IsNull() ? position_of(it->first) : position_of(it->second)};
         if (!yaml_to_json(w, item, join(path, it->first.Scalar()), out, where)) {
           return false;
         }
@@ -1316,18 +1321,35 @@ std::optional<std::string> read_policy_file(const std::string& config_source,
       path = config_source.substr(0, slash + 1) + name;
     }
   }
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    error = "cannot read the policy file '" + printable(path) + "'";
+  // Non-blocking, and regular files only: a FIFO or a device must not hang the load.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    // The name as written: a relative one is read next to the config file.
+    error = "cannot read the policy file '" + printable(name) +
+            "': " + (fd < 0 ? std::strerror(errno) : "not a regular file");
+    if (fd >= 0) {
+      ::close(fd);
+    }
     return std::nullopt;
   }
-  std::string text;
-  char buf[4096];
-  std::size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0 && text.size() <= policy::kMaxPolicyBytes) {
-    text.append(buf, n);
+  if (static_cast<std::uint64_t>(st.st_size) > policy::kMaxPolicyBytes) {
+    ::close(fd);
+    error = "the policy file '" + printable(name) + "' is " + std::to_string(st.st_size) +
+            " bytes; the limit is " + std::to_string(policy::kMaxPolicyBytes);
+    return std::nullopt;
   }
-  std::fclose(f);
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n <= 0) {
+      break;
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  text.resize(got);
   return text;
 }
 
@@ -1354,15 +1376,15 @@ std::optional<std::string> decode_document(Walker& w, const Value& v, const std:
     }
     json = std::move(*text);
   } else {
-    w.type_error(v, path, file_allowed ? "a policy document (a mapping) or a file path"
-                                       : "a policy name or a policy document (a mapping)");
+    w.type_error(v, path,
+                 file_allowed ? "a policy document (a mapping) or a file path"
+                              : "a policy name or a policy document (a mapping)");
     return std::nullopt;
   }
   auto parsed = policy::parse_policy(json, "config", kind);
   if (!parsed) {
     const std::string& m = parsed.error().message;
-    w.error(policy_error_position(m, where, v.pos), path,
-            v.node.IsMap() ? m : "in the file: " + m);
+    w.error(policy_error_position(m, where, v.pos), path, v.node.IsMap() ? m : "in the file: " + m);
     return std::nullopt;
   }
   return json;

@@ -8,13 +8,13 @@
 #include <strings.h>
 
 #include <atomic>
-#include <deque>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -291,8 +291,8 @@ class Pipeline final : public http::Handler {
   void answer_static(http::Exchange& ex, const RouteEntry& e);
   // The admin token (401 without it), then admin.policies for `action` on the admin resource
   // `resource` (no check when `action` is empty). Sets the admin principal on success.
-  std::optional<Refusal> admin_refusal(const http::Exchange& ex, Conn& c,
-                                       std::string_view action, std::string_view resource) const;
+  std::optional<Refusal> admin_refusal(const http::Exchange& ex, Conn& c, std::string_view action,
+                                       std::string_view resource) const;
 
   GatewayImpl& gw_;
   struct alignas(64) PerWorker {

@@ -123,18 +123,17 @@ std::string admin_arn(std::string_view account) {
   return iam_arn(account, std::string_view("admin"));
 }
 
-std::string function_arn(std::string_view region, std::string_view account,
-                         std::string_view name) {
+std::string function_arn(std::string_view region, std::string_view account, std::string_view name) {
   return "arn:gatehouse:lambda:" + std::string(region) + ":" + std::string(account) +
          ":function:" + std::string(name);
 }
 
 std::shared_ptr<const Policy> allow_all_policy() {
   static const std::shared_ptr<const Policy> kPolicy = [] {
-    auto p = parse_policy(
-        R"({"Version":"2012-10-17","Statement":[{"Sid":"AllowAll","Effect":"Allow",)"
-        R"("Action":"*","Resource":"*"}]})",
-        "gatehouse:allow-all", PolicyKind::kIdentity);
+    auto p =
+        parse_policy(R"({"Version":"2012-10-17","Statement":[{"Sid":"AllowAll","Effect":"Allow",)"
+                     R"("Action":"*","Resource":"*"}]})",
+                     "gatehouse:allow-all", PolicyKind::kIdentity);
     if (!p) {
       std::abort();  // a constant, valid document: parsing it cannot fail
     }

@@ -398,9 +398,9 @@ class RuntimeImpl final : public Runtime {
     }
     if (const policy::Decision d = authorize_invocation(*f.cfg, p->inv.caller); !d.allowed()) {
       f.counters->refused.fetch_add(1, std::memory_order_relaxed);
-      reply(std::move(p), failure(ErrorCode::kForbidden, "AccessDenied",
-                                  "the caller may not invoke '" + p->inv.function +
-                                      "' (" + d.explain() + ")"));
+      reply(std::move(p),
+            failure(ErrorCode::kForbidden, "AccessDenied",
+                    "the caller may not invoke '" + p->inv.function + "' (" + d.explain() + ")"));
       return;
     }
     const auto now = steady_clock::now();
