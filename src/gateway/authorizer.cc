@@ -126,6 +126,7 @@ std::shared_ptr<const AuthzTable> compile_authz(const config::Config& c) {
   t->admin_arn = policy::admin_arn(c.account_id);
   t->admin_arn_prefix = "arn:gatehouse:gatehouse:" + c.region + ":" + c.account_id + ":admin/";
   for (const config::Route& r : c.routes) {
+    t->owned.push_back(r.policy.compiled);
     t->routes.push_back(AuthzTable::Route{
         r.policy.compiled.get(),
         "arn:gatehouse:execute-api:" + c.region + ":" + c.account_id + ":" + r.name + "/"});
@@ -138,10 +139,12 @@ std::shared_ptr<const AuthzTable> compile_authz(const config::Config& c) {
     auto& list = t->plan_policies[p.name];
     for (const auto& pol : p.compiled) {
       list.push_back(pol.get());
+      t->owned.push_back(pol);
     }
   }
   for (const auto& pol : c.admin.compiled) {
     t->admin_policies.push_back(pol.get());
+    t->owned.push_back(pol);
   }
   // Function policies see the same keys (the route's caller context carries them), and named
   // policies cover plans, roles and the admin.
@@ -181,8 +184,9 @@ void fill_context(const RequestContext& ctx, policy::Context& out) {
   set_or_clear(out, "aws:userid", key != nullptr ? std::string_view(key->id) : "");
   out.assign("aws:PrincipalType", principal_type(ctx.principal.kind));
   out.assign("gatehouse:SourceKind", "route");
-  // ctx.match is only meaningful once a route matched (builtins leave the previous one there).
-  const bool routed = ctx.route != nullptr;
+  // ctx.match is only meaningful once a route matched (builtins leave the previous one there);
+  // the route's name is set with the route, and cleared for every request.
+  const bool routed = !ctx.route_name.empty();
   set_or_clear(out, "gatehouse:Route", routed ? ctx.route_name : std::string_view());
   if (routed) {
     out.assign("gatehouse:Stage", ctx.match.stage.empty() ? kDefaultStage : ctx.match.stage);

@@ -4,7 +4,7 @@
 // docs/policy.md ("Wiring") is the contract: principals, actions, resource ARNs, condition keys.
 //
 // An AuthzTable is compiled once per config snapshot (the policies themselves were compiled at
-// config load and are owned by the snapshot's Config); workers read it without locks. Deciding
+// config load and are shared with the snapshot's Config); workers read it without locks. Deciding
 // reuses one policy::Request per worker thread, so it allocates nothing once warm, and a route
 // with no policy in play is decided before any of that is touched.
 
@@ -33,21 +33,23 @@ struct AuthzTable {
   std::string admin_arn;         // arn:gatehouse:iam::<account>:admin
   std::string admin_arn_prefix;  // arn:gatehouse:gatehouse:<region>:<account>:admin/
   struct Route {
-    const policy::Policy* policy = nullptr;  // resource policy; owned by the snapshot's Config
+    const policy::Policy* policy = nullptr;  // resource policy (in `owned`); null = none
     std::string arn_prefix;  // arn:gatehouse:execute-api:<region>:<account>:<route name>/
   };
   std::vector<Route> routes;  // by route index
-  // Identity policies of the keys on each plan, by plan name (owned by the Config).
+  // Identity policies of the keys on each plan, by plan name (in `owned`).
   std::map<std::string, std::vector<const policy::Policy*>, std::less<>> plan_policies;
   // The admin's identity policies: admin.policies, or empty = unrestricted (no evaluation).
   std::vector<const policy::Policy*> admin_policies;
   // Request headers some policy reads as gatehouse:Header/<name>: {condition key, header name
   // (lowercase)}. Only these headers are copied into the condition keys.
   std::vector<std::pair<std::string, std::string>> headers;
+  // Shares ownership of the policies the raw pointers above point to.
+  std::vector<config::PolicyPtr> owned;
 };
 
 // Compiles the authorization table of `config` (whose policies are already compiled). The
-// table borrows the policies: it must not outlive `config`.
+// table shares the compiled policies, so it may outlive `config`.
 [[nodiscard]] std::shared_ptr<const AuthzTable> compile_authz(const config::Config& config);
 
 // The lineage depth a request arrives with (x-gatehouse-lineage-depth, set by functions that

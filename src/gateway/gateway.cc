@@ -51,7 +51,7 @@ struct Snapshot {
   config::Config config;
   std::unique_ptr<http::Router> router;
   std::shared_ptr<const LimitTable> limits;
-  std::shared_ptr<const AuthzTable> authz;  // borrows the policies of `config`
+  std::shared_ptr<const AuthzTable> authz;  // shares the policies of `config`
   std::vector<RouteEntry> routes;
   steady_clock::time_point loaded_at = steady_clock::now();
   std::uint64_t generation = 0;

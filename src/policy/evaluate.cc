@@ -65,34 +65,67 @@ std::vector<std::string> Policy::condition_keys() const {
   return keys;
 }
 
-void Context::set(std::string_view key, std::vector<std::string> values) {
-  for (auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      v = std::move(values);
-      return;
+Context::Entry* Context::entry(std::string_view key) noexcept {
+  for (Entry& e : entries_) {
+    if (detail::iequals(e.key, key)) {
+      return &e;
     }
   }
-  entries_.emplace_back(std::string(key), std::move(values));
+  return nullptr;
+}
+
+void Context::set(std::string_view key, std::vector<std::string> values) {
+  if (Entry* e = entry(key)) {
+    e->values = std::move(values);
+    e->present = true;
+    return;
+  }
+  entries_.push_back(Entry{std::string(key), std::move(values), true});
+}
+
+void Context::set(std::string_view key, std::string value) {
+  std::vector<std::string> values;
+  values.push_back(std::move(value));
+  set(key, std::move(values));
+}
+
+void Context::add(std::string_view key, std::string value) {
+  Entry* e = entry(key);
+  if (e == nullptr) {
+    set(key, std::move(value));
+    return;
+  }
+  if (!e->present) {
+    e->values.clear();
+    e->present = true;
+  }
+  e->values.push_back(std::move(value));
 }
 
 void Context::assign(std::string_view key, std::string_view value) {
-  for (auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      v.resize(1);
-      v[0].assign(value);
-      return;
-    }
+  Entry* e = entry(key);
+  if (e == nullptr) {
+    set(key, std::string(value));
+    return;
   }
-  entries_.emplace_back(std::string(key), std::vector<std::string>{std::string(value)});
+  e->values.resize(1);  // shrinking keeps the first string and its capacity
+  e->values[0].assign(value);
+  e->present = true;
 }
 
 void Context::clear(std::string_view key) noexcept {
-  for (auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      v.clear();  // keeps the capacity for the next assign()
-      return;
+  if (Entry* e = entry(key)) {
+    e->present = false;  // the values stay allocated for the next assign()
+  }
+}
+
+const std::vector<std::string>* Context::find(std::string_view key) const noexcept {
+  for (const Entry& e : entries_) {
+    if (detail::iequals(e.key, key)) {
+      return e.present ? &e.values : nullptr;
     }
   }
+  return nullptr;
 }
 
 namespace {
@@ -153,31 +186,6 @@ void set_time_keys(Context& context, std::chrono::system_clock::time_point now) 
   char num[24];
   const int m = std::snprintf(num, sizeof num, "%lld", static_cast<long long>(secs.count()));
   context.assign("aws:EpochTime", std::string_view(num, m > 0 ? static_cast<std::size_t>(m) : 0));
-}
-
-void Context::set(std::string_view key, std::string value) {
-  std::vector<std::string> values;
-  values.push_back(std::move(value));
-  set(key, std::move(values));
-}
-
-void Context::add(std::string_view key, std::string value) {
-  for (auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      v.push_back(std::move(value));
-      return;
-    }
-  }
-  set(key, std::move(value));
-}
-
-const std::vector<std::string>* Context::find(std::string_view key) const noexcept {
-  for (const auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      return &v;
-    }
-  }
-  return nullptr;
 }
 
 std::string Decision::explain() const {

@@ -91,14 +91,20 @@ class Context {
   // allocation-free once the key was set before with a value at least as long. The request path
   // keeps one Context per thread and assigns into it.
   void assign(std::string_view key, std::string_view value);
-  // Removes every value of `key` (the key stays, with no value, which reads as absent). No
-  // allocation.
+  // Makes `key` absent (find() returns nullptr) while keeping its storage for the next assign().
+  // No allocation.
   void clear(std::string_view key) noexcept;
   // The values of `key`, or nullptr when the key is absent. Allocation-free.
   [[nodiscard]] const std::vector<std::string>* find(std::string_view key) const noexcept;
 
  private:
-  std::vector<std::pair<std::string, std::vector<std::string>>> entries_;
+  struct Entry {
+    std::string key;
+    std::vector<std::string> values;
+    bool present = true;
+  };
+  [[nodiscard]] Entry* entry(std::string_view key) noexcept;
+  std::vector<Entry> entries_;
 };
 
 // Who is asking. An empty principal (no ARN, service or provider) is anonymous and matches only
