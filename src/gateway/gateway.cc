@@ -980,8 +980,11 @@ runtime::CallerContext route_caller(const RequestContext& ctx, const Snapshot& s
 void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed,
                         Metrics& metrics) {
   const int status = core::http_status(r.code);
-  if (r.code == core::ErrorCode::kForbidden) {
-    metrics.refusal(ex.worker(), "AccessDenied");  // the function's policy refused the caller
+  // The function's policy refused the caller: the same code as a route's refusal.
+  const bool denied = r.code == core::ErrorCode::kForbidden;
+  const std::string_view code = denied ? std::string_view("AccessDenied") : core::error_name(r.code);
+  if (denied) {
+    metrics.refusal(ex.worker(), code);
   }
   std::string message = r.message;
   if (r.code == core::ErrorCode::kFunctionError) {
@@ -997,8 +1000,7 @@ void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool
     extra += "X-Amz-Function-Error: " + (detailed ? r.error_type : std::string("Unhandled")) +
              "\r\n";
   }
-  http::write_error(ex.out(), status, core::error_name(r.code), message, ex.request_id(),
-                    ex.keep_alive(), extra);
+  http::write_error(ex.out(), status, code, message, ex.request_id(), ex.keep_alive(), extra);
   ex.set_status(status);
 }
 
