@@ -232,7 +232,14 @@ class Evaluator {
   // the principal; one whose variables cannot be resolved never applies.
   bool applies(const Statement& s, bool in_resource_policy) {
     if (s.has_principal) {
-      if (principal_matches(s.principals) == s.not_principal) {
+      const PrincipalMatch m = principal_matches(s.principals);
+      if ((m != PrincipalMatch::kNone) == s.not_principal) {
+        return false;
+      }
+      // An Allow that names the caller's account (or its :root) delegates to the account's
+      // identity policies, as in IAM: it grants nothing by itself. A Deny naming the account
+      // denies every principal of it.
+      if (in_resource_policy && !s.deny && m == PrincipalMatch::kAccountOnly) {
         return false;
       }
     } else if (in_resource_policy) {
@@ -330,19 +337,19 @@ class Evaluator {
     return std::string_view(scratch_);
   }
 
-  bool principal_matches(const PrincipalSet& set) const {
+  // How a Principal/NotPrincipal block names the caller: not at all, only through its account,
+  // or as itself ("*", one of its ARNs, services or providers).
+  enum class PrincipalMatch : std::uint8_t { kNone, kAccountOnly, kItself };
+
+  PrincipalMatch principal_matches(const PrincipalSet& set) const {
     if (set.any) {
-      return true;
+      return PrincipalMatch::kItself;
     }
     const Principal& p = r_.principal;
-    if (!account_.empty() &&
-        std::find(set.accounts.begin(), set.accounts.end(), account_) != set.accounts.end()) {
-      return true;
-    }
     for (const std::string& listed : set.arns) {
       for (const std::string& arn : p.arns) {
         if (detail::same_arn(listed, arn)) {
-          return true;
+          return PrincipalMatch::kItself;
         }
       }
     }
@@ -351,7 +358,14 @@ class Evaluator {
         return std::find(have.begin(), have.end(), l) != have.end();
       });
     };
-    return any_in(set.services, p.services) || any_in(set.federated, p.federated);
+    if (any_in(set.services, p.services) || any_in(set.federated, p.federated)) {
+      return PrincipalMatch::kItself;
+    }
+    if (!account_.empty() &&
+        std::find(set.accounts.begin(), set.accounts.end(), account_) != set.accounts.end()) {
+      return PrincipalMatch::kAccountOnly;
+    }
+    return PrincipalMatch::kNone;
   }
 
   template <class T>

@@ -665,10 +665,11 @@ TEST(PolicyEvaluate, PrincipalKinds) {
     r.principal = std::move(who);
     return decide(r, {}, &p).allowed();
   };
-  EXPECT_TRUE(ok("x:acct", Principal{{"arn:gatehouse:iam::111122223333:role/r"}, {}, {}, {}, {}}));
-  EXPECT_FALSE(ok("x:acct", Principal{{"arn:gatehouse:iam::111122223334:role/r"}, {}, {}, {}, {}}));
-  EXPECT_TRUE(ok("x:acct", Principal{{}, {}, {}, "111122223333", {}}));
-  EXPECT_TRUE(ok("x:root", Principal{{"arn:aws:iam::444455556666:user/u"}, {}, {}, {}, {}}));
+  // An Allow naming an account delegates to the account's identity policies (as in IAM): it
+  // allows nothing by itself. PrincipalAccountsDenyButDelegateAllows shows that it matches.
+  EXPECT_FALSE(ok("x:acct", Principal{{"arn:gatehouse:iam::111122223333:role/r"}, {}, {}, {}, {}}));
+  EXPECT_FALSE(ok("x:acct", Principal{{}, {}, {}, "111122223333", {}}));
+  EXPECT_FALSE(ok("x:root", Principal{{"arn:aws:iam::444455556666:user/u"}, {}, {}, {}, {}}));
   EXPECT_TRUE(ok("x:svc", Principal{{}, {"states.amazonaws.com"}, {}, {}, {}}));
   EXPECT_FALSE(
       ok("x:svc", Principal{{"arn:gatehouse:iam::0:role/states.amazonaws.com"}, {}, {}, {}, {}}));
@@ -681,6 +682,31 @@ TEST(PolicyEvaluate, PrincipalKinds) {
       ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:apikey/ci"}, {}, {}, {}, {}}));
   EXPECT_FALSE(
       ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:user/pool/Alice"}, {}, {}, {}, {}}));
+}
+
+TEST(PolicyEvaluate, PrincipalAccountsDenyButDelegateAllows) {
+  const Policy bucket = must_parse(
+      doc(R"({"Sid":"Acct","Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"s3:*","Resource":"*"},
+             {"Sid":"NoPut","Effect":"Deny","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"s3:PutObject","Resource":"*"})"),
+      PolicyKind::kResource);
+  const Policy reader = must_parse(doc(allow_stmt("", "s3:Get*")));
+  auto as = [&](std::string action, std::string arn, std::initializer_list<const Policy*> ids) {
+    Request r = request(std::move(action), "arn:gatehouse:s3:::b/k", {std::move(arn)});
+    return decide(r, ids, &bucket);
+  };
+  const std::string role = "arn:gatehouse:iam::111122223333:role/r";
+  // The account's Allow grants nothing alone; the identity policy does.
+  EXPECT_EQ(as("s3:GetObject", role, {}).effect, Effect::kImplicitDeny);
+  const Decision d = as("s3:GetObject", role, {&reader});
+  EXPECT_TRUE(d.allowed());
+  EXPECT_FALSE(d.resource_policy);
+  // The Deny naming the account applies to every principal of it, whatever allows.
+  const Decision denied = as("s3:PutObject", role, {&reader});
+  EXPECT_EQ(denied.effect, Effect::kExplicitDeny);
+  EXPECT_EQ(denied.sid, "NoPut");
+  // Another account's principal is not named at all.
+  EXPECT_EQ(as("s3:PutObject", "arn:gatehouse:iam::999999999999:role/r", {}).effect,
+            Effect::kImplicitDeny);
 }
 
 // The bucket lock-down pattern: a Deny with NotPrincipal refuses everyone but the named role,
