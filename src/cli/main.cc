@@ -169,8 +169,8 @@ int cmd_invoke(const std::string& config_path, const std::string& function,
   gatehouse::runtime::Invocation inv;
   inv.function = function;
   inv.payload = payload;
-  inv.caller.principal = "admin";
-  inv.caller.source = gatehouse::runtime::SourceKind::kDirect;
+  // The operator acts as the admin principal, under admin.policies like the admin API.
+  inv.caller = gatehouse::runtime::admin_caller(*loaded);
   inv.caller.request_id = "cli";
   inv.caller.depth = depth;
   std::promise<gatehouse::runtime::InvokeResult> done;

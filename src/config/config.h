@@ -11,13 +11,57 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <tl/expected.hpp>
 #include <vector>
 
+namespace gatehouse::policy {
+class Policy;
+}
+
 namespace gatehouse::config {
+
+// A compiled IAM policy document (src/policy), parsed and validated once at load. Immutable and
+// shared by every copy of the Config and by the snapshots built from it.
+using PolicyPtr = std::shared_ptr<const policy::Policy>;
+
+// A named policy document (YAML policies[]): an identity or resource policy referenced by name
+// from plans, roles, admin, routes and functions (docs/policy.md, "Wiring").
+struct NamedPolicy {
+  std::string name;    // [A-Za-z0-9_-]{1,64}, unique; required. The policy's id in decisions
+  std::string json;    // the document as JSON: an inline YAML/JSON mapping converted, or the
+                       // contents of the file a string names (relative to the config file);
+                       // at most 20480 bytes (policy::kMaxPolicyBytes); required
+  PolicyPtr compiled;  // set once the whole config is valid
+  int line = 0;
+};
+
+// A resource policy on a route or a function (YAML `policy`): the name of a policies[] entry, or
+// an inline mapping (then its id is "route:<name>" / "function:<name>"). Empty = none.
+struct PolicyRef {
+  std::string name;    // a policies[] name, or "" for an inline document
+  std::string json;    // an inline document as JSON
+  PolicyPtr compiled;  // set once the whole config is valid; null = no policy
+  [[nodiscard]] bool set() const noexcept { return !name.empty() || !json.empty(); }
+};
+
+// A role: an identity a function acts as (FunctionConfig::role), with its identity policies.
+struct Role {
+  std::string name;                   // [A-Za-z0-9_-]{1,64}, unique; required
+  std::vector<std::string> policies;  // policies[] names (checked); at most 10
+  std::vector<PolicyPtr> compiled;    // the same, compiled
+  int line = 0;
+};
+
+// How routes with no policy in play are treated (YAML authorization.default).
+struct AuthorizationConfig {
+  // false (allow, the default): a route with no resource policy, called by a principal with no
+  // identity policy, is open as before policies existed. true (deny): it is refused.
+  bool default_deny = false;
+};
 
 using std::chrono::milliseconds;
 
@@ -86,6 +130,9 @@ struct Plan {
   std::vector<std::string> routes;      // route names (checked), at most 10000;
                                         // empty = every route
   std::vector<PlanOverride> overrides;  // at most 10000
+  std::vector<std::string> policies;    // identity policies of every key on the plan:
+                                        // policies[] names (checked); at most 10
+  std::vector<PolicyPtr> compiled;      // the same, compiled
   int line = 0;                         // 1-based line where it was declared, for messages
 };
 
@@ -129,11 +176,16 @@ struct FunctionConfig {
   std::uint32_t max_pids = 64;            // tasks (processes + threads) per worker; 1..4096
   SandboxConfig sandbox;
   std::string role;                       // the role its invocations act as; "" = none
-  std::vector<std::string> invokers;      // who may invoke it: "route:NAME", "trigger:NAME",
-                                          // "workflow:NAME", "principal:ID"; a trailing '*'
-                                          // matches any suffix. Absent = every route that
-                                          // targets it. The admin API may always invoke.
+  std::vector<std::string> invokers;      // shorthand for a resource policy (not with `policy`):
+                                          // "route:NAME", "trigger:NAME", "workflow:NAME",
+                                          // "principal:ARN"; a trailing '*' matches any suffix.
+                                          // Translated at load into `policy` (docs/policy.md)
   bool invokers_set = false;              // `invokers` was given (even empty)
+  PolicyRef policy;                       // resource policy for lambda:InvokeFunction. None =
+                                          // every route that targets it, plus principals whose
+                                          // identity policies allow it (admin by default)
+  std::string arn;                        // arn:gatehouse:lambda:<region>:<account>:function:
+                                          // <name>, set at load
   int line = 0;                           // 1-based line where it was declared, for messages
 };
 
@@ -213,6 +265,8 @@ struct Route {
   ApiKeyMode api_key = ApiKeyMode::kNone;  // YAML api_key: none | optional | required
   RateConfig throttle;                     // the route, all callers together; unset = no limit
   std::uint32_t concurrency = 0;           // most in flight; 0 = unlimited; 0..1000000
+  PolicyRef policy;                        // resource policy for gatehouse:Invoke; none = see
+                                           // AuthorizationConfig
   int line = 0;                            // 1-based line where it was declared, for messages
 };
 
@@ -240,6 +294,10 @@ struct AdminConfig {
   std::string metrics_path = "/metrics";  // metrics_path != health_path
   std::string admin_prefix = "/admin";    // no trailing '/'
   bool metrics_public = false;            // true: /metrics without the admin token
+  std::vector<std::string> policies;      // identity policies of the admin principal
+                                          // (policies[] names, checked; at most 10); empty =
+                                          // allowed everything
+  std::vector<PolicyPtr> compiled;        // the same, compiled
 };
 
 struct LogConfig {
@@ -267,6 +325,11 @@ struct Config {
   std::vector<FunctionConfig> functions;  // at most 10000
   std::vector<Plan> plans;                // at most 1000
   RuntimeConfig runtime;
+  std::string account_id = "000000000000";  // 12 digits: the <account> of every ARN
+  std::string region = "us-east-1";         // [a-z0-9-]{1,32}: the <region> of every ARN
+  std::vector<NamedPolicy> policies;        // at most 1000
+  std::vector<Role> roles;                  // at most 1000
+  AuthorizationConfig authorization;
 
   // The upstream called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const Upstream* find_upstream(std::string_view name) const;
@@ -274,6 +337,8 @@ struct Config {
   [[nodiscard]] const Plan* find_plan(std::string_view name) const;
   // The function called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const FunctionConfig* find_function(std::string_view name) const;
+  // The role called `name`, or nullptr. Linear; the pointer lives as long as this Config.
+  [[nodiscard]] const Role* find_role(std::string_view name) const;
 };
 
 // One problem found in a config file.

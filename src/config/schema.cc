@@ -5,10 +5,17 @@
 // gatehouse.example.yaml, and add a rejection case to tests/unit/config/bad/.
 #include "config/schema.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <span>
@@ -18,6 +25,8 @@
 #include <variant>
 
 #include "config/value.h"
+#include "core/core.h"
+#include "policy/policy.h"
 
 namespace gatehouse::config::detail {
 namespace {
@@ -63,12 +72,14 @@ enum class Format : std::uint8_t {
   kHeaderName,  // an HTTP token of at most 256 bytes, not a framing header (stored lower-case)
   kPeriod,      // DAY | WEEK | MONTH
   kFsPath,      // an absolute filesystem path without control characters
-  kInvoker,     // route:NAME | trigger:NAME | workflow:NAME | principal:ID, optional trailing '*'
+  kInvoker,     // route:NAME | trigger:NAME | workflow:NAME | principal:ARN, optional trailing '*'
+  kAccountId,   // 12 decimal digits
+  kRegion,      // [a-z0-9-]{1,32}
 };
 
 // The kinds of invocation source a function's `invokers` may name.
-constexpr std::array<std::string_view, 4> kInvokerKinds{"route:", "trigger:", "workflow:",
-                                                        "principal:"};
+constexpr std::array<std::string_view, 4> kInvokerKinds{
+    "route:", "trigger:", "workflow:", "principal:"};
 
 constexpr std::array<std::string_view, 6> kLogLevels{"trace", "debug", "info",
                                                      "warn",  "error", "off"};
@@ -271,6 +282,9 @@ class Walker {
   }
 
   void remember(Position pos, const std::string& path) { out_.positions.emplace(path, pos); }
+
+  // The name of the file being loaded (relative policy files are read next to it).
+  [[nodiscard]] const std::string& source() const noexcept { return out_.config.source; }
 
   std::optional<bool> boolean(const Value& v, const std::string& path) {
     if (v.node.IsScalar() && may_be(v.node, "bool")) {
@@ -540,9 +554,28 @@ class Walker {
           return "must not contain control characters";
         }
         return std::nullopt;
+      case Format::kAccountId:
+        if (s.size() != 12 ||
+            !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+          return "'" + printable(s) + "' is not an account id: use 12 decimal digits";
+        }
+        return std::nullopt;
+      case Format::kRegion:
+        if (s.empty() || s.size() > 32 || !std::all_of(s.begin(), s.end(), [](char c) {
+              return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+            })) {
+          return "'" + printable(s) + "' is not a region: use 1 to 32 of a-z, 0-9 and '-'";
+        }
+        return std::nullopt;
       case Format::kInvoker: {
         if (has_control(s, false)) {
           return "must not contain control characters";
+        }
+        if (std::string_view(s).starts_with("principal:") &&
+            !std::string_view(s).substr(10).starts_with("arn:")) {
+          return "'" + printable(s) +
+                 "' must name the principal's ARN: principal:arn:gatehouse:iam::<account>:"
+                 "role/NAME, ...:apikey/ID, ...:admin (docs/policy.md, \"Principals\")";
         }
         for (std::string_view kind : kInvokerKinds) {
           if (std::string_view(s).starts_with(kind) && s.size() > kind.size()) {
@@ -550,7 +583,7 @@ class Walker {
           }
         }
         return "'" + printable(s) +
-               "' must be route:NAME, trigger:NAME, workflow:NAME or principal:ID "
+               "' must be route:NAME, trigger:NAME, workflow:NAME or principal:ARN "
                "(a trailing '*' matches any suffix)";
       }
     }
@@ -832,6 +865,17 @@ constexpr Field<S> duration(std::string_view key, milliseconds S::*member, milli
 template <class S>
 constexpr Field<S> boolean(std::string_view key, bool S::*member) {
   return {.key = key, .kind = Kind::kBool, .slot = member};
+}
+
+// A list of policies[] names (checked once the whole file is read): identity policies.
+template <class S>
+constexpr Field<S> policy_names(std::vector<std::string> S::*member) {
+  return {.key = "policies",
+          .kind = Kind::kStringList,
+          .slot = member,
+          .min = 0,
+          .max = 10,
+          .format = Format::kName};
 }
 
 template <class S>
@@ -1130,8 +1174,8 @@ bool is_env_name(std::string_view s) {
   });
 }
 
-void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v,
-                const std::string& path, FunctionConfig& out) {
+void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v, const std::string& path,
+                FunctionConfig& out) {
   if (v.node.IsNull()) {
     return;
   }
@@ -1166,8 +1210,8 @@ void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v,
       w.error(key.pos, var_path, "is set by the runtime and cannot be configured");
       continue;
     }
-    const bool duplicate = std::any_of(out.env.begin(), out.env.end(),
-                                       [&](const auto& e) { return e.first == name; });
+    const bool duplicate =
+        std::any_of(out.env.begin(), out.env.end(), [&](const auto& e) { return e.first == name; });
     if (duplicate) {
       w.error(key.pos, var_path, "duplicate key");
       continue;
@@ -1183,6 +1227,202 @@ void decode_invokers(Walker& w, const Field<FunctionConfig>& f, const Value& v,
                      const std::string& path, FunctionConfig& out) {
   out.invokers_set = true;
   decode_string_list(w, f, v, path, out.invokers);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy documents (docs/policy.md, "Wiring"): an inline YAML/JSON mapping is converted to JSON
+// text and validated with src/policy here, where the YAML positions are known, so a policy's
+// error ("Statement[1].Effect: ...") is reported at the line of the offending element.
+
+// Where each element of a converted document sits, by its policy JSON path ("Statement[1].Effect").
+using JsonPositions = std::vector<std::pair<std::string, Position>>;
+
+// Appends `n` as JSON to `out`. Every scalar becomes a JSON string: the policy language accepts
+// strings wherever it accepts numbers and booleans, and YAML's guesses (is `2012-10-17` a date?)
+// must not change a document. Keys are kept in order, repeats included (the policy parser
+// refuses them with their path).
+bool yaml_to_json(Walker& w, const Value& v, const std::string& path, std::string& out,
+                  JsonPositions& where) {
+  if (!w.charge(v, v.node.IsScalar() ? v.node.Scalar().size() : 0)) {
+    return false;
+  }
+  where.emplace_back(path, v.pos);
+  switch (v.node.Type()) {
+    case YAML::NodeType::Scalar:
+      out += '"';
+      core::json_escape(out, v.node.Scalar());
+      out += '"';
+      return true;
+    case YAML::NodeType::Sequence: {
+      out += '[';
+      std::size_t i = 0;
+      for (auto it = v.node.begin(); it != v.node.end(); ++it, ++i) {
+        out += i == 0 ? "" : ",";
+        if (!yaml_to_json(w, Value{*it, position_of(*it)}, index_path(path, i), out, where)) {
+          return false;
+        }
+      }
+      out += ']';
+      return true;
+    }
+    case YAML::NodeType::Map: {
+      out += '{';
+      bool first = true;
+      for (auto it = v.node.begin(); it != v.node.end(); ++it) {
+        if (!it->first.IsScalar()) {
+          w.type_error(Value{it->first, position_of(it->first)}, path, "a string as the key");
+          return false;
+        }
+        out += first ? "\"" : ",\"";
+        first = false;
+        core::json_escape(out, it->first.Scalar());
+        out += "\":";
+        const Value item{it->second,
+                         it->second.IsNull() ? position_of(it->first) : position_of(it->second)};
+        if (!yaml_to_json(w, item, join(path, it->first.Scalar()), out, where)) {
+          return false;
+        }
+      }
+      out += '}';
+      return true;
+    }
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      break;
+  }
+  out += "null";
+  return true;
+}
+
+// The position of the element a policy error message names ("Statement[1].Effect: ..."): the
+// longest recorded path that the message's path starts with; `fallback` when none.
+Position policy_error_position(std::string_view message, const JsonPositions& where,
+                               Position fallback) {
+  std::string_view path = message.substr(0, message.find(": "));
+  while (!path.empty()) {
+    for (const auto& [p, pos] : where) {
+      if (p == path) {
+        return pos;
+      }
+    }
+    const std::size_t cut = path.find_last_of(".[");
+    path = path.substr(0, cut == std::string_view::npos ? 0 : cut);
+  }
+  return fallback;
+}
+
+// Reads a policy file named in the config, relative to the config file's directory.
+std::optional<std::string> read_policy_file(const std::string& config_source,
+                                            const std::string& name, std::string& error) {
+  std::string path = name;
+  if (!name.empty() && name[0] != '/') {
+    const std::size_t slash = config_source.rfind('/');
+    if (slash != std::string::npos) {
+      path = config_source.substr(0, slash + 1) + name;
+    }
+  }
+  // Non-blocking, and regular files only: a FIFO or a device must not hang the load.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    // The name as written: a relative one is read next to the config file.
+    error = "cannot read the policy file '" + printable(name) +
+            "': " + (fd < 0 ? std::strerror(errno) : "not a regular file");
+    if (fd >= 0) {
+      ::close(fd);
+    }
+    return std::nullopt;
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > policy::kMaxPolicyBytes) {
+    ::close(fd);
+    error = "the policy file '" + printable(name) + "' is " + std::to_string(st.st_size) +
+            " bytes; the limit is " + std::to_string(policy::kMaxPolicyBytes);
+    return std::nullopt;
+  }
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n <= 0) {
+      break;
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  text.resize(got);
+  return text;
+}
+
+// A policy document value: a mapping (converted) or, when `file_allowed`, a string naming a
+// JSON file. Validates it as `kind`; on success returns the JSON text.
+std::optional<std::string> decode_document(Walker& w, const Value& v, const std::string& path,
+                                           policy::PolicyKind kind, bool file_allowed) {
+  std::string json;
+  JsonPositions where;
+  if (v.node.IsMap()) {
+    if (!yaml_to_json(w, v, "", json, where)) {
+      return std::nullopt;
+    }
+  } else if (file_allowed && v.node.IsScalar()) {
+    auto name = w.string(v, path, 1, 4096, Format::kLine);
+    if (!name) {
+      return std::nullopt;
+    }
+    std::string error;
+    auto text = read_policy_file(w.source(), *name, error);
+    if (!text) {
+      w.error(v.pos, path, error);
+      return std::nullopt;
+    }
+    json = std::move(*text);
+  } else {
+    w.type_error(v, path,
+                 file_allowed ? "a policy document (a mapping) or a file path"
+                              : "a policy name or a policy document (a mapping)");
+    return std::nullopt;
+  }
+  auto parsed = policy::parse_policy(json, "config", kind);
+  if (!parsed) {
+    const std::string& m = parsed.error().message;
+    w.error(policy_error_position(m, where, v.pos), path, v.node.IsMap() ? m : "in the file: " + m);
+    return std::nullopt;
+  }
+  return json;
+}
+
+void decode_named_document(Walker& w, const Field<NamedPolicy>& /*f*/, const Value& v,
+                           const std::string& path, NamedPolicy& out) {
+  if (auto json = decode_document(w, v, path, policy::PolicyKind::kAny, /*file_allowed=*/true)) {
+    out.json = std::move(*json);
+  }
+}
+
+// routes[].policy and functions[].policy: a policies[] name, or an inline resource policy.
+template <class S>
+void decode_policy_ref(Walker& w, const Field<S>& f, const Value& v, const std::string& path,
+                       S& out) {
+  if (v.node.IsScalar()) {
+    if (auto name = w.string(v, path, f.min, f.max, Format::kName)) {
+      out.policy.name = std::move(*name);
+    }
+    return;
+  }
+  if (auto json = decode_document(w, v, path, policy::PolicyKind::kResource, false)) {
+    out.policy.json = std::move(*json);
+  }
+}
+
+void decode_authorization_default(Walker& w, const Field<AuthorizationConfig>& f, const Value& v,
+                                  const std::string& path, AuthorizationConfig& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (*s == "allow" || *s == "deny") {
+    out.default_deny = *s == "deny";
+  } else {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not one of allow, deny");
+  }
 }
 
 void decode_network(Walker& w, const Field<SandboxConfig>& f, const Value& v,
@@ -1232,6 +1472,7 @@ constexpr std::array kAdminFields{
     string("metrics_path", &AdminConfig::metrics_path, 1, 1024, Format::kPath),
     string("admin_prefix", &AdminConfig::admin_prefix, 1, 1024, Format::kPrefix),
     boolean("metrics_public", &AdminConfig::metrics_public),
+    policy_names(&AdminConfig::policies),
 };
 
 constexpr std::array kLogFields{
@@ -1403,6 +1644,7 @@ constexpr std::array kRouteFields{
     custom<Route>("api_key", Kind::kString, &decode_api_key, 1, 64, Format::kLine),
     throttle<&Route::throttle>("throttle"),
     integer("concurrency", &Route::concurrency, 0, 1'000'000),
+    custom<Route>("policy", Kind::kString, &decode_policy_ref<Route>, 1, 64, Format::kName),
 };
 
 constexpr std::array kApiKeysFields{
@@ -1439,8 +1681,26 @@ constexpr std::array kFunctionFields{
     integer("max_pids", &FunctionConfig::max_pids, 1, 4096),
     section<&FunctionConfig::sandbox, kSandboxFields>("sandbox"),
     string("role", &FunctionConfig::role, 1, 64, Format::kName),
-    custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 1000,
+    custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 500,
                            Format::kInvoker),
+    custom<FunctionConfig>("policy", Kind::kString, &decode_policy_ref<FunctionConfig>, 1, 64,
+                           Format::kName),
+};
+
+constexpr std::array kPolicyFields{
+    string("name", &NamedPolicy::name, 1, 64, Format::kName, /*required=*/true),
+    custom<NamedPolicy>("document", Kind::kSection, &decode_named_document, 0, 0, Format::kLine,
+                        /*required=*/true),
+};
+
+constexpr std::array kRoleFields{
+    string("name", &Role::name, 1, 64, Format::kName, /*required=*/true),
+    policy_names(&Role::policies),
+};
+
+constexpr std::array kAuthorizationFields{
+    custom<AuthorizationConfig>("default", Kind::kString, &decode_authorization_default, 1, 16,
+                                Format::kLine),
 };
 
 constexpr std::array kRuntimeFields{
@@ -1471,6 +1731,7 @@ constexpr std::array kPlanFields{
                 .max = 10'000,
                 .format = Format::kRouteName},
     list<&Plan::overrides, kOverrideFields>("overrides", 10'000),
+    policy_names(&Plan::policies),
 };
 
 constexpr std::array kConfigFields{
@@ -1487,6 +1748,11 @@ constexpr std::array kConfigFields{
     list<&Config::functions, kFunctionFields>("functions", 10'000),
     list<&Config::plans, kPlanFields>("plans", 1000),
     section<&Config::runtime, kRuntimeFields>("runtime"),
+    string("account_id", &Config::account_id, 12, 12, Format::kAccountId),
+    string("region", &Config::region, 1, 32, Format::kRegion),
+    list<&Config::policies, kPolicyFields>("policies", 1000),
+    list<&Config::roles, kRoleFields>("roles", 1000),
+    section<&Config::authorization, kAuthorizationFields>("authorization"),
 };
 
 // Bounds must fit the member they land in, and tables must fit the 64-bit `seen` mask.
@@ -1537,6 +1803,9 @@ static_assert(well_formed(kSandboxFields));
 static_assert(well_formed(kRuntimeFields));
 static_assert(well_formed(kOverrideFields));
 static_assert(well_formed(kPlanFields));
+static_assert(well_formed(kPolicyFields));
+static_assert(well_formed(kRoleFields));
+static_assert(well_formed(kAuthorizationFields));
 static_assert(well_formed(kConfigFields));
 
 // ---------------------------------------------------------------------------------------------

@@ -8,16 +8,18 @@
 #include <strings.h>
 
 #include <atomic>
-#include <deque>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
+#include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 
+#include "gateway/authorizer.h"
 #include "gateway/function_target.h"
 #include "gateway/limiter.h"
 #include "gateway/metrics.h"
@@ -49,6 +51,7 @@ struct Snapshot {
   config::Config config;
   std::unique_ptr<http::Router> router;
   std::shared_ptr<const LimitTable> limits;
+  std::shared_ptr<const AuthzTable> authz;  // shares the policies of `config`
   std::vector<RouteEntry> routes;
   steady_clock::time_point loaded_at = steady_clock::now();
   std::uint64_t generation = 0;
@@ -141,6 +144,7 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
     return tl::unexpected(limits.error());
   }
   snap->limits = *limits;
+  snap->authz = compile_authz(c);
 
   std::vector<http::RouteSpec> specs;
   specs.reserve(c.routes.size());
@@ -285,7 +289,10 @@ class Pipeline final : public http::Handler {
   http::Step invoke_route_function(http::Exchange& ex, Conn& c);
   http::Step admin_invoke(http::Exchange& ex, Conn& c, std::string_view function);
   void answer_static(http::Exchange& ex, const RouteEntry& e);
-  bool admin_authorized(const http::Exchange& ex, const Snapshot& s) const;
+  // The admin token (401 without it), then admin.policies for `action` on the admin resource
+  // `resource` (no check when `action` is empty). Sets the admin principal on success.
+  std::optional<Refusal> admin_refusal(const http::Exchange& ex, Conn& c, std::string_view action,
+                                       std::string_view resource) const;
 
   GatewayImpl& gw_;
   struct alignas(64) PerWorker {
@@ -307,10 +314,10 @@ class GatewayImpl final : public Gateway {
         metrics_(workers),
         proxy_(workers),
         pipeline_(*this, workers) {
-    pass_authorize_ = allow_all();
+    policy_authorize_ = std::make_unique<PolicyAuthorizer>();
     pass_guard_ = no_guard();
     authenticate_ = stages_.authenticate ? stages_.authenticate.get() : limiter_.get();
-    authorize_ = stages_.authorize ? stages_.authorize.get() : pass_authorize_.get();
+    authorize_ = stages_.authorize ? stages_.authorize.get() : policy_authorize_.get();
     throttle_ = stages_.throttle ? stages_.throttle.get() : limiter_.get();
     guard_ = stages_.guard ? stages_.guard.get() : pass_guard_.get();
   }
@@ -683,7 +690,7 @@ class GatewayImpl final : public Gateway {
     line += "\",\"stage\":\"";
     core::json_escape(line, ctx.match.stage);
     line += "\",\"principal\":\"";
-    core::json_escape(line, ctx.principal.id.empty() ? ctx.principal.kind : ctx.principal.id);
+    core::json_escape(line, ctx.principal.id);
     line += "\",\"status\":" + std::to_string(ex.status());
     line += ",\"duration_us\":" + std::to_string(dur_us);
     line += ",\"bytes_in\":" + std::to_string(r.body.size());
@@ -738,7 +745,7 @@ class GatewayImpl final : public Gateway {
   Stages stages_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Limiter> limiter_;
-  std::unique_ptr<Authorizer> pass_authorize_;
+  std::unique_ptr<Authorizer> policy_authorize_;
   std::unique_ptr<Guard> pass_guard_;
   Authenticator* authenticate_ = nullptr;  // the stages in effect (owned above)
   Authorizer* authorize_ = nullptr;
@@ -783,6 +790,7 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.request_id = ex.request_id();
   ctx.function = {};
   ctx.started = ex.started();
+  ctx.authz = s.authz.get();
   c.admitted = false;
   c.builtin = Conn::Builtin::kNone;
 
@@ -952,31 +960,32 @@ http::Step Pipeline::dispatch(http::Exchange& ex, Conn& c) {
 
 namespace {
 
-// The lineage depth a request arrives with (x-gatehouse-lineage-depth, set by functions that call
-// back into the gateway); 0 when absent or malformed. A client can only raise it.
-std::uint32_t incoming_depth(const http::Request& req) {
-  const std::string_view v = req.header("x-gatehouse-lineage-depth");
-  if (v.empty() || v.size() > 6) {
-    return 0;
-  }
-  std::uint32_t n = 0;
-  for (char ch : v) {
-    if (ch < '0' || ch > '9') {
-      return 0;
+// The caller of a function invoked for the request in `ctx`: its principal (ARN, plan tag), the
+// identity policies of its plan and the request's condition keys, for the function's policy.
+runtime::CallerContext route_caller(const RequestContext& ctx, const Snapshot& s) {
+  runtime::CallerContext caller;
+  caller.principal = std::string(ctx.principal.id);
+  if (ctx.api_key != nullptr) {
+    caller.principal_tags.emplace_back("plan", ctx.api_key->plan);
+    if (const config::Plan* plan = s.config.find_plan(ctx.api_key->plan)) {
+      caller.policies = plan->compiled;
     }
-    n = n * 10 + static_cast<std::uint32_t>(ch - '0');
   }
-  return n;
-}
-
-std::string principal_text(const Principal& p) {
-  return p.id.empty() ? std::string(p.kind) : std::string(p.kind) + ":" + std::string(p.id);
+  fill_context(ctx, caller.conditions);
+  return caller;
 }
 
 // A runtime refusal or function failure as the uniform JSON error. Function failures tell public
 // callers only the error type: the message and stack may hold the function's secrets.
-void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed) {
+void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed,
+                        Metrics& metrics) {
   const int status = core::http_status(r.code);
+  // The function's policy refused the caller: the same code as a route's refusal.
+  const bool denied = r.code == core::ErrorCode::kForbidden;
+  const std::string_view code = denied ? std::string_view("AccessDenied") : core::error_name(r.code);
+  if (denied) {
+    metrics.refusal(ex.worker(), code);
+  }
   std::string message = r.message;
   if (r.code == core::ErrorCode::kFunctionError) {
     message = detailed ? r.error_type + ": " + r.message
@@ -991,8 +1000,7 @@ void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool
     extra += "X-Amz-Function-Error: " + (detailed ? r.error_type : std::string("Unhandled")) +
              "\r\n";
   }
-  http::write_error(ex.out(), status, core::error_name(r.code), message, ex.request_id(),
-                    ex.keep_alive(), extra);
+  http::write_error(ex.out(), status, code, message, ex.request_id(), ex.keep_alive(), extra);
   ex.set_status(status);
 }
 
@@ -1011,7 +1019,7 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
                                                                       : route_key + " " + route.path;
   runtime::Invocation inv;
   inv.function = route.target.function;
-  inv.caller.principal = principal_text(c.ctx.principal);
+  inv.caller = route_caller(c.ctx, *c.snapshot);
   inv.caller.source = runtime::SourceKind::kRoute;
   inv.caller.source_name = route.name;
   inv.caller.request_id = std::string(ex.request_id());
@@ -1030,9 +1038,9 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
   ev.match = &c.ctx.match;
   const config::PayloadFormat format = route.target.payload_format;
   inv.payload = build_event(format, req, ev);
-  gw_.invoke(ex, std::move(inv), [format](http::Exchange& x, runtime::InvokeResult r) {
+  gw_.invoke(ex, std::move(inv), [this, format](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
-      write_invoke_error(x, r, false);
+      write_invoke_error(x, r, false, gw_.metrics());
       return;
     }
     const FunctionHttpResponse resp = map_result(format, r.payload);
@@ -1065,13 +1073,13 @@ http::Step Pipeline::admin_invoke(http::Exchange& ex, Conn& c, std::string_view 
   runtime::Invocation inv;
   inv.function = std::string(function);
   inv.payload = std::move(payload);
-  inv.caller.principal = "admin";
-  inv.caller.source = runtime::SourceKind::kDirect;
+  inv.caller = runtime::admin_caller(c.snapshot->config);
+  fill_context(c.ctx, inv.caller.conditions);
   inv.caller.request_id = std::string(ex.request_id());
   inv.caller.depth = incoming_depth(req) + 1;
-  gw_.invoke(ex, std::move(inv), [](http::Exchange& x, runtime::InvokeResult r) {
+  gw_.invoke(ex, std::move(inv), [this](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
-      write_invoke_error(x, r, true);
+      write_invoke_error(x, r, true, gw_.metrics());
       return;
     }
     http::ResponseWriter w(x.out());
@@ -1108,19 +1116,73 @@ http::Step Pipeline::refuse(http::Exchange& ex, Conn& c, const Refusal& r) {
   return http::Step::kDone;
 }
 
-bool Pipeline::admin_authorized(const http::Exchange& ex, const Snapshot& s) const {
-  const std::string& want = s.config.admin.token_sha256;
-  if (want.empty()) {
-    return false;
+namespace {
+
+// The IAM action and admin resource (the part after "admin/") of an admin endpoint
+// (docs/policy.md, "The admin API"). Function invocation and paths that are no endpoint get no
+// action: the runtime decides invocations (lambda:InvokeFunction), the rest is a 404.
+struct AdminAction {
+  std::string_view action;
+  std::string_view resource;  // points into the path
+};
+
+AdminAction admin_action(std::string_view method, std::string_view sub) {
+  const bool get = method == "GET" || method == "HEAD";
+  const std::string_view whole = sub.substr(std::min<std::size_t>(1, sub.size()));
+  if (sub == "/config" && get) {
+    return {"gatehouse:GetConfig", whole};
   }
+  if (sub == "/reload" && method == "POST") {
+    return {"gatehouse:Reload", whole};
+  }
+  if (sub == "/keys" && (get || method == "POST")) {
+    return {get ? "gatehouse:ListKeys" : "gatehouse:CreateKey", whole};
+  }
+  constexpr std::string_view kKeys = "/keys/";
+  const std::size_t slash = sub.rfind('/');
+  if (!sub.starts_with(kKeys) || method != "POST" || slash < kKeys.size()) {
+    return {};
+  }
+  const std::string_view verb = sub.substr(slash + 1);
+  const std::string_view key = sub.substr(1, slash - 1);  // keys/<id or name>
+  if (verb == "revoke") {
+    return {"gatehouse:RevokeKey", key};
+  }
+  if (verb == "rotate") {
+    return {"gatehouse:RotateKey", key};
+  }
+  if (verb == "attach") {
+    return {"gatehouse:AttachKey", key};
+  }
+  return {};
+}
+
+}  // namespace
+
+std::optional<Refusal> Pipeline::admin_refusal(const http::Exchange& ex, Conn& c,
+                                               std::string_view action,
+                                               std::string_view resource) const {
+  const Snapshot& s = *c.snapshot;
+  const std::string& want = s.config.admin.token_sha256;
   std::string_view auth = ex.request().header("authorization");
   constexpr std::string_view kBearer = "Bearer ";
-  if (auth.size() <= kBearer.size() || !iequals(auth.substr(0, kBearer.size()), kBearer)) {
-    return false;
+  const Refusal unauthenticated{401, "Unauthenticated", "the admin token is required",
+                                "WWW-Authenticate: Bearer\r\n"};
+  if (want.empty() || auth.size() <= kBearer.size() ||
+      !iequals(auth.substr(0, kBearer.size()), kBearer)) {
+    return unauthenticated;
   }
   auth.remove_prefix(kBearer.size());
   // Compare hashes, in constant time: the token itself is never stored.
-  return core::constant_time_equal(core::sha256_hex(auth), want);
+  if (!core::constant_time_equal(core::sha256_hex(auth), want)) {
+    return unauthenticated;
+  }
+  c.ctx.principal = Principal{"admin", s.authz->admin_arn};
+  Refusal denied;
+  if (!action.empty() && authorize_admin(c.ctx, action, resource, denied) == Verdict::kRefuse) {
+    return denied;
+  }
+  return std::nullopt;
 }
 
 http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
@@ -1142,10 +1204,10 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
       if (!get) {
         return refuse(ex, c, Refusal{405, "MethodNotAllowed", "use GET", "Allow: GET, HEAD\r\n"});
       }
-      if (!s.config.admin.metrics_public && !admin_authorized(ex, s)) {
-        return refuse(ex, c,
-                      Refusal{401, "Unauthenticated", "the admin token is required",
-                              "WWW-Authenticate: Bearer\r\n"});
+      if (!s.config.admin.metrics_public) {
+        if (auto refused = admin_refusal(ex, c, "gatehouse:GetMetrics", "metrics")) {
+          return refuse(ex, c, *refused);
+        }
       }
       w.start(200, ex.request_id(), ex.keep_alive());
       w.body("text/plain; version=0.0.4", gw_.metrics_text());
@@ -1158,12 +1220,11 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
             ex, c,
             Refusal{403, "AdminDisabled", "the admin API is disabled: set admin.token_sha256", {}});
       }
-      if (!admin_authorized(ex, s)) {
-        return refuse(ex, c,
-                      Refusal{401, "Unauthenticated", "the admin token is required",
-                              "WWW-Authenticate: Bearer\r\n"});
-      }
       const std::string_view sub = req.path.substr(s.config.admin.admin_prefix.size());
+      const AdminAction a = admin_action(req.method, sub);
+      if (auto refused = admin_refusal(ex, c, a.action, a.resource)) {
+        return refuse(ex, c, *refused);
+      }
       if (sub == "/config" && get) {
         std::string body = "{\"source\":\"";
         core::json_escape(body, s.config.source);

@@ -97,6 +97,7 @@ def test_native_function_route_and_admin_invoke_warm_worker(start_gatehouse, fn_
     assert ev["requestContext"]["http"]["method"] == "GET"
     assert ev["requestContext"]["requestId"] == r.header("x-request-id")
     assert out["source"] == "route:echo-get"
+    assert out["principal"] == "arn:gatehouse:iam:::anonymous"
     assert out["lineage_depth"] == "1"
     if os.geteuid() == 0:
         assert out["uid"] == 65534  # root drops to nobody
@@ -106,7 +107,7 @@ def test_native_function_route_and_admin_invoke_warm_worker(start_gatehouse, fn_
     second = invoke(g, "echo", {"k": "w"})
     assert second.status == 200
     assert first.json()["echo"] == {"k": "v"} and second.json()["echo"] == {"k": "w"}
-    assert first.json()["principal"] == "admin"
+    assert first.json()["principal"] == "arn:gatehouse:iam::000000000000:admin"
     # The route's call started the worker; both admin calls reuse it.
     assert first.json()["pid"] == out["pid"] == second.json()["pid"]
     assert second.header("x-gatehouse-cold-start") == "false"
