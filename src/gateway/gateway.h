@@ -16,6 +16,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "config/config.h"
 #include "core/core.h"
@@ -39,7 +41,9 @@ struct CompiledPlan;  // a usage plan compiled into a LimitTable (limiter.h)
 // Who is calling. Filled by the authenticate stage; "anonymous" by default.
 struct Principal {
   std::string_view kind = "anonymous";  // anonymous | api_key | user | role | admin
-  std::string_view id;                  // ARN-shaped id, e.g. "arn:gh:iam::000000000000:user/alice"
+  std::string_view id;                  // ARN-shaped id, e.g. for a user pool's user
+                                        // "arn:gatehouse:cognito-idp:local:000000000000:
+                                        // userpool/main/user/<sub>" (docs/identity.md)
 };
 
 // What flows through the stages for one request. Reused per connection; views live as long as
@@ -63,6 +67,13 @@ struct RequestContext {
   const CompiledPlan* plan = nullptr;     // that key's plan in `limits`
   std::array<limits::Gate*, 3> gates{};   // concurrency gates entered by the throttle
   std::uint8_t gate_count = 0;
+  // Set by the JWT authenticator (routes with auth: jwt), cleared per request: the caller's ARN
+  // (principal.id points here), the user pool that issued the token ("" for an external issuer)
+  // and the verified token's claims, one (name, value) pair per value (docs/identity.md lists
+  // the policy condition keys they stand for: jwt:<name>, cognito-identity.amazonaws.com:sub ...).
+  std::string principal_arn;
+  std::string_view user_pool;
+  std::vector<std::pair<std::string, std::string>> claims;
 };
 
 // A stage's refusal: status, stable error code and message (both with static storage or owned by

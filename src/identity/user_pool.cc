@@ -971,8 +971,11 @@ IdpResult<std::vector<KeyInfo>> UserPools::list_keys(std::string_view pool) {
   for (const auto& k : *keys) {
     out.push_back(k.info);
   }
-  std::sort(out.begin(), out.end(),
-            [](const KeyInfo& a, const KeyInfo& b) { return a.created_ms < b.created_ms; });
+  // Oldest first, the active key last (keys made in the same millisecond stay in that order).
+  std::sort(out.begin(), out.end(), [](const KeyInfo& a, const KeyInfo& b) {
+    return std::make_pair(a.retired_ms == 0, a.created_ms) <
+           std::make_pair(b.retired_ms == 0, b.created_ms);
+  });
   return out;
 }
 
