@@ -297,6 +297,9 @@ void check_route_auth(Decoded& d, const std::string& base, Route& r,
   }
   JwtAuthorizerConfig& j = r.jwt;
   const std::string jbase = base + ".jwt";
+  if (j.token_use.empty()) {
+    j.token_use = j.source == JwksSource::kPool ? "access" : "any";
+  }
   if (j.source == JwksSource::kPool) {
     const auto it = pools.find(j.location);
     if (it == pools.end()) {

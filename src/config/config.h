@@ -185,7 +185,9 @@ struct JwtAuthorizerConfig {
   std::vector<std::string> audience;  // accepted "aud" / "client_id" values, 1..100 items;
                                       // required for file and url; default for a pool: its
                                       // clients
-  std::string token_use = "access";   // access | id | any
+  std::string token_use;             // access | id | any; default access for a pool (its
+                                      // tokens carry token_use), any for file and url
+                                      // (most issuers do not send it)
   std::vector<std::string> scopes;    // at least one of them must be in "scope"; at most 100;
                                       // empty = no scope needed
   std::vector<std::string> algorithms;  // EdDSA and/or RS256; empty (the default) = both

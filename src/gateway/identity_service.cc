@@ -392,7 +392,6 @@ struct IdentityService::Impl {
   };
   std::vector<PerWorker> per_worker;
   std::unique_ptr<std::atomic<bool>[]> wanted;  // by slot: a worker saw an unknown kid
-  std::atomic<bool> any_wanted{false};
 
   std::unique_ptr<net::thread_pool> hashing;  // argon2id (sign-up, sign-in)
   std::unique_ptr<net::thread_pool> light;    // store-only work (refresh, sign-out)
@@ -448,8 +447,9 @@ struct IdentityService::Impl {
   void run() {
     std::unique_lock lock(mu);
     while (!stopping) {
-      cv.wait_for(lock, std::chrono::seconds(1),
-                  [&] { return stopping || any_wanted.load(std::memory_order_relaxed); });
+      // Workers never wake this thread: a flood of tokens with unknown kids costs them a flag
+      // store, and the refresher at most one re-read per key set every kMinEarlyRefresh.
+      cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; });
       if (stopping) {
         break;
       }
@@ -479,7 +479,6 @@ struct IdentityService::Impl {
         }
       }
     }
-    any_wanted.store(false, std::memory_order_relaxed);
     const auto now = steady_clock::now();
     std::vector<std::pair<std::uint32_t, Source>> due;
     std::chrono::milliseconds period{};
@@ -702,7 +701,6 @@ Verdict IdentityService::authenticate(const CompiledIdentity& ci, RequestContext
   if (st == identity::JwtStatus::kUnknownKey && rule->slot < kMaxSlots) {
     // Maybe the issuer rotated its keys: ask the refresher for an early re-read.
     impl_->wanted[rule->slot].store(true, std::memory_order_relaxed);
-    impl_->any_wanted.store(true, std::memory_order_relaxed);
   }
   if (st != identity::JwtStatus::kOk) {
     out = identity::is_authentication_failure(st)

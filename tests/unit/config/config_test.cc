@@ -911,7 +911,7 @@ routes:
   EXPECT_EQ(ext.jwt.url_path, "/keys");
   EXPECT_EQ(ext.jwt.jwks, "url http://127.0.0.1:9999/keys");
   EXPECT_EQ(ext.jwt.audience, std::vector<std::string>{"api"});
-  EXPECT_EQ(ext.jwt.token_use, "access");
+  EXPECT_EQ(ext.jwt.token_use, "any");
   EXPECT_EQ(ext.jwt.leeway, std::chrono::seconds(60));
   EXPECT_EQ(c->routes[2].jwt.source, JwksSource::kFile);
   EXPECT_EQ(c->routes[2].jwt.location, "./keys.json");
