@@ -1095,6 +1095,9 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
                          std::chrono::system_clock::now().time_since_epoch())
                          .count();
   ev.match = &c.ctx.match;
+  if (route.auth == config::RouteAuth::kJwt) {
+    ev.jwt_claims = &c.ctx.claims;
+  }
   const config::PayloadFormat format = route.target.payload_format;
   inv.payload = build_event(format, req, ev);
   gw_.invoke(ex, std::move(inv), [format](http::Exchange& x, runtime::InvokeResult r) {
