@@ -118,6 +118,9 @@ std::string external_arn(const config::IdentityConfig& id, std::string_view issu
   if (scheme != std::string_view::npos) {
     issuer.remove_prefix(scheme + 3);
   }
+  while (!issuer.empty() && issuer.back() == '/') {
+    issuer.remove_suffix(1);
+  }
   std::string out = "arn:gatehouse:iam::" + id.account_id + ":oidc-provider/";
   out += issuer;
   out += "/user/";

@@ -93,8 +93,7 @@ class SignInThrottleState {
 
   explicit SignInThrottleState(const core::Clock& clock) : clock_(clock) {}
   // How long `user` and `ip` stay locked out (the longer of the two); 0 when free to try.
-  [[nodiscard]] std::chrono::milliseconds locked_for(const config::SignInThrottle& cfg,
-                                                     const std::string& user,
+  [[nodiscard]] std::chrono::milliseconds locked_for(const std::string& user,
                                                      const std::string& ip);
   // Counts a failure for both.
   void failed(const config::SignInThrottle& cfg, const std::string& user, const std::string& ip);

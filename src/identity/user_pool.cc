@@ -305,10 +305,8 @@ std::string user_arn(const config::IdentityConfig& id, std::string_view pool,
 
 // ---- SignInThrottleState ------------------------------------------------------------------------
 
-std::chrono::milliseconds SignInThrottleState::locked_for(const config::SignInThrottle& cfg,
-                                                          const std::string& user,
+std::chrono::milliseconds SignInThrottleState::locked_for(const std::string& user,
                                                           const std::string& ip) {
-  (void)cfg;
   const auto now = clock_.now();
   std::lock_guard lock(mu_);
   std::chrono::steady_clock::time_point until{};
@@ -631,7 +629,7 @@ IdpResult<TokenSet> UserPools::sign_in(std::string_view pool, std::string_view u
   }
   const std::string user_key = p->name + "/" + std::string(username);
   const std::string ip_key = p->name + "/" + remote_ip;
-  if (const auto wait = throttle_.locked_for(cfg.sign_in_throttle, user_key, ip_key);
+  if (const auto wait = throttle_.locked_for(user_key, ip_key);
       wait.count() > 0) {
     IdpError e = fail(429, "TooManyFailedAttempts",
                       "too many failed sign-ins; try again later");
@@ -648,10 +646,13 @@ IdpResult<TokenSet> UserPools::sign_in(std::string_view pool, std::string_view u
     std::string dummy;
     {
       std::lock_guard pl(p->mu);
-      if (p->dummy_hash.empty()) {
-        p->dummy_hash = hash_password(cfg.argon2, "gatehouse-dummy-password");
-      }
       dummy = p->dummy_hash;
+    }
+    if (dummy.empty()) {
+      // Made once per pool (and cost), outside the lock: hashing takes a while.
+      dummy = hash_password(cfg.argon2, "gatehouse-dummy-password");
+      std::lock_guard pl(p->mu);
+      p->dummy_hash = dummy;
     }
     (void)verify_password(dummy, password);
     throttle_.failed(cfg.sign_in_throttle, user_key, ip_key);

@@ -300,12 +300,12 @@ TEST(SignInThrottle, MemoryIsBounded) {
     t.failed(cfg, "u" + std::to_string(i), "ip");
   }
   // Past the cap new users go untracked; the IP is still counted.
-  EXPECT_EQ(t.locked_for(cfg, "u" + std::to_string(SignInThrottleState::kMaxEntries + 5), "ip2"),
+  EXPECT_EQ(t.locked_for("u" + std::to_string(SignInThrottleState::kMaxEntries + 5), "ip2"),
             std::chrono::milliseconds(0));
-  EXPECT_GT(t.locked_for(cfg, "x", "ip"), std::chrono::milliseconds(0));
+  EXPECT_GT(t.locked_for("x", "ip"), std::chrono::milliseconds(0));
   clock.advance(std::chrono::hours(1));
   t.failed(cfg, "fresh", "ip3");  // stale entries are swept to make room
-  EXPECT_GT(t.locked_for(cfg, "fresh", "none"), std::chrono::milliseconds(0));
+  EXPECT_GT(t.locked_for("fresh", "none"), std::chrono::milliseconds(0));
 }
 
 TEST(PasswordPolicy, Classes) {
