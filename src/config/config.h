@@ -320,7 +320,7 @@ struct IdentityConfig {
   std::string account_id = "000000000000";  // the <account> of user ARNs: 12 digits
   std::string region = "local";             // the <region> of user ARNs: [A-Za-z0-9_-]{1,64}
   std::string path_prefix = "/auth";        // user pool endpoints: <prefix>/<pool>/signin ...
-  std::uint32_t hash_threads = 1;           // threads running argon2id; 1..64
+  std::uint32_t hash_threads = 1;           // threads running argon2id; 1..64 (restart)
   std::uint32_t max_pending = 64;           // sign-ups/sign-ins queued for them; past it 503
                                             // IdentityBusy; 1..100000
   milliseconds jwks_refresh{300'000};       // file and url key sets are re-read this often;

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "identity/identity.h"
@@ -278,6 +279,7 @@ struct Source {
   std::uint16_t port = 0;
   std::string path;
   std::shared_ptr<const JwksDoc> doc;
+  bool in_use = true;  // named by the config in force; others are not re-read
   steady_clock::time_point next_load{};
   steady_clock::time_point last_load{};
   std::string last_error;
@@ -490,7 +492,8 @@ struct IdentityService::Impl {
       period = identity.jwks_refresh;
       for (std::uint32_t i = 0; i < sources.size(); ++i) {
         const Source& s = *sources[i];
-        if (s.kind != config::JwksSource::kFile && s.kind != config::JwksSource::kUrl) {
+        if (!s.in_use ||
+            (s.kind != config::JwksSource::kFile && s.kind != config::JwksSource::kUrl)) {
           continue;
         }
         const bool early = i < kMaxSlots && wanted[i].exchange(false, std::memory_order_relaxed) &&
@@ -634,6 +637,18 @@ core::Result<void> IdentityService::activate(const config::Config& c) {
     }
     m.identity = c.identity;
     m.max_pending.store(c.identity.max_pending, std::memory_order_relaxed);
+    // Key sets the config no longer names keep their slot (a snapshot still in flight may use
+    // it) but are no longer fetched.
+    std::set<std::string_view> named;
+    for (const auto& r : c.routes) {
+      if (r.auth == config::RouteAuth::kJwt) {
+        named.insert(r.jwt.jwks);
+      }
+    }
+    for (const auto& [key, slot] : m.slots) {
+      m.sources[slot]->in_use =
+          named.contains(key) || m.sources[slot]->kind == config::JwksSource::kPool;
+    }
   }
   // Store I/O and key generation: on the control thread, outside the lock.
   if (auto r = m.pools->load_keys(true); !r) {
