@@ -25,9 +25,9 @@ struct Setup {
   Setup() {
     std::string doc = "{\"keys\":[";
     // Two of each, as during a rotation.
-    for (auto [alg, kid] : {std::pair{id::Alg::kEdDSA, "ed-1"}, std::pair{id::Alg::kEdDSA, "ed-2"},
-                            std::pair{id::Alg::kRS256, "rsa-1"},
-                            std::pair{id::Alg::kRS256, "rsa-2"}}) {
+    for (auto [alg, kid] :
+         {std::pair{id::Alg::kEdDSA, "ed-1"}, std::pair{id::Alg::kEdDSA, "ed-2"},
+          std::pair{id::Alg::kRS256, "rsa-1"}, std::pair{id::Alg::kRS256, "rsa-2"}}) {
       auto k = id::SigningKey::generate(alg, kid);
       if (!k) {
         std::abort();
@@ -50,7 +50,8 @@ struct Setup {
     const std::string claims =
         "{\"sub\":\"9902295f-f5bf-4b9c-ad05-055edf420488\",\"iss\":\"" + policy.issuer +
         "\",\"client_id\":\"web\",\"token_use\":\"access\",\"scope\":\"openid profile\","
-        "\"auth_time\":" + std::to_string(t) + ",\"iat\":" + std::to_string(t) +
+        "\"auth_time\":" +
+        std::to_string(t) + ",\"iat\":" + std::to_string(t) +
         ",\"exp\":" + std::to_string(t + 3600) +
         ",\"jti\":\"4f1c0a6e2b7d49d8a1c3e5f7a9b0c2d4\",\"username\":\"alice\"}";
     auto tok = keys[key]->sign(claims);

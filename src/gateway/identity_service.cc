@@ -139,9 +139,9 @@ core::Result<std::string> read_file(const std::string& path) {
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
   if (text.size() > identity::kMaxJwksBytes) {
-    return core::make_error(core::ErrorCode::kIo,
-                            path + " is larger than " + std::to_string(identity::kMaxJwksBytes) +
-                                " bytes");
+    return core::make_error(
+        core::ErrorCode::kIo,
+        path + " is larger than " + std::to_string(identity::kMaxJwksBytes) + " bytes");
   }
   return text;
 }
@@ -189,8 +189,8 @@ core::Result<std::string> fetch(const std::string& host, std::uint16_t port,
   });
   const auto deadline = steady_clock::now() + kFetchTimeout;
   const auto wait = [&](short events) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
-                                                                            steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady_clock::now());
     if (left.count() <= 0) {
       return false;
     }
@@ -286,8 +286,8 @@ struct Source {
 };
 
 core::Result<std::shared_ptr<const JwksDoc>> load_source(const Source& s) {
-  auto text = s.kind == config::JwksSource::kFile ? read_file(s.location)
-                                                   : fetch(s.host, s.port, s.path);
+  auto text =
+      s.kind == config::JwksSource::kFile ? read_file(s.location) : fetch(s.host, s.port, s.path);
   if (!text) {
     return tl::unexpected(text.error());
   }
@@ -380,8 +380,8 @@ struct IdentityService::Impl {
   store::Store& store;
   const core::Clock& clock;
 
-  std::mutex mu;                                 // guards what follows, up to per_worker
-  std::vector<std::unique_ptr<Source>> sources;  // by slot
+  std::mutex mu;                                            // guards what follows, up to per_worker
+  std::vector<std::unique_ptr<Source>> sources;             // by slot
   std::map<std::string, std::uint32_t, std::less<>> slots;  // jwks text -> slot
   std::unique_ptr<identity::UserPools> pools;
   config::IdentityConfig identity;
@@ -608,9 +608,9 @@ core::Result<std::shared_ptr<const CompiledIdentity>> IdentityService::compile(
     if (j.source == config::JwksSource::kFile) {
       auto doc = load_source(*impl_->sources[rule->slot]);
       if (!doc) {
-        return core::make_error(core::ErrorCode::kConfig,
-                                c.source + ":" + std::to_string(r.line) + ": routes[" +
-                                    std::to_string(i) + "].jwt.jwks: " + doc.error().message);
+        return core::make_error(core::ErrorCode::kConfig, c.source + ":" + std::to_string(r.line) +
+                                                              ": routes[" + std::to_string(i) +
+                                                              "].jwt.jwks: " + doc.error().message);
       }
       loaded.emplace_back(rule->slot, std::move(*doc));
     }
@@ -808,24 +808,28 @@ http::Step IdentityService::on_request(const CompiledIdentity& ci, http::Exchang
   if (ep.action == "signout") {
     std::string token(bearer(req));
     if (token.empty()) {
-      return done(Reply{401, "NotAuthorized", "sign-out needs Authorization: Bearer <access token>"});
+      return done(
+          Reply{401, "NotAuthorized", "sign-out needs Authorization: Bearer <access token>"});
     }
-    m.run_job(*m.light, ex, [&m, pool, token = std::move(token)] {
-      auto r = m.pools->sign_out(pool, token);
-      if (!r) {
-        return from_error(r.error());
-      }
-      m.signouts.fetch_add(1, std::memory_order_relaxed);
-      return Reply{200, {}, "{\"signed_out\":true}"};
-    }, false);
+    m.run_job(
+        *m.light, ex,
+        [&m, pool, token = std::move(token)] {
+          auto r = m.pools->sign_out(pool, token);
+          if (!r) {
+            return from_error(r.error());
+          }
+          m.signouts.fetch_add(1, std::memory_order_relaxed);
+          return Reply{200, {}, "{\"signed_out\":true}"};
+        },
+        false);
     return http::Step::kPending;
   }
   // The other endpoints take a JSON object of strings (and "attributes", an object of strings).
   boost::system::error_code ec;
   json::parse_options opts;
   opts.max_depth = 4;
-  const json::value doc = json::parse(json::string_view(req.body.data(), req.body.size()), ec, {},
-                                      opts);
+  const json::value doc =
+      json::parse(json::string_view(req.body.data(), req.body.size()), ec, {}, opts);
   if (ec || !doc.is_object()) {
     return done(Reply{400, "BadRequest", "the body must be a JSON object"});
   }
@@ -853,14 +857,17 @@ http::Step IdentityService::on_request(const CompiledIdentity& ci, http::Exchang
     if (!bad.empty()) {
       return done(Reply{400, "BadRequest", bad});
     }
-    m.run_job(*m.light, ex, [&m, pool, token = std::move(token), client = std::move(client)] {
-      auto r = m.pools->refresh(pool, token, client);
-      if (!r) {
-        return from_error(r.error());
-      }
-      m.refreshes.fetch_add(1, std::memory_order_relaxed);
-      return Reply{200, {}, token_body(*r)};
-    }, false);
+    m.run_job(
+        *m.light, ex,
+        [&m, pool, token = std::move(token), client = std::move(client)] {
+          auto r = m.pools->refresh(pool, token, client);
+          if (!r) {
+            return from_error(r.error());
+          }
+          m.refreshes.fetch_add(1, std::memory_order_relaxed);
+          return Reply{200, {}, token_body(*r)};
+        },
+        false);
     return http::Step::kPending;
   }
   std::string username = field("username", true);
@@ -892,34 +899,36 @@ http::Step IdentityService::on_request(const CompiledIdentity& ci, http::Exchang
     return done(Reply{503, "IdentityBusy", "too many sign-ins in progress; retry shortly", 1});
   }
   if (ep.action == "signup") {
-    m.run_job(*m.hashing, ex,
-              [&m, pool, username = std::move(username), password = std::move(password),
-               attributes = std::move(attributes)]() mutable {
-                auto r = m.pools->sign_up(pool, username, password, std::move(attributes));
-                if (!r) {
-                  return from_error(r.error());
-                }
-                m.signups.fetch_add(1, std::memory_order_relaxed);
-                json::object out = user_json(*r);
-                out.erase("created_ms");
-                return Reply{200, {}, json::serialize(out)};
-              },
-              true);
+    m.run_job(
+        *m.hashing, ex,
+        [&m, pool, username = std::move(username), password = std::move(password),
+         attributes = std::move(attributes)]() mutable {
+          auto r = m.pools->sign_up(pool, username, password, std::move(attributes));
+          if (!r) {
+            return from_error(r.error());
+          }
+          m.signups.fetch_add(1, std::memory_order_relaxed);
+          json::object out = user_json(*r);
+          out.erase("created_ms");
+          return Reply{200, {}, json::serialize(out)};
+        },
+        true);
     return http::Step::kPending;
   }
-  m.run_job(*m.hashing, ex,
-            [&m, pool, username = std::move(username), password = std::move(password),
-             client = std::move(client), ip = std::string(ex.remote_ip())] {
-              auto r = m.pools->sign_in(pool, username, password, client, ip);
-              if (!r) {
-                (r.error().status == 429 ? m.signins_throttled : m.signins_failed)
-                    .fetch_add(1, std::memory_order_relaxed);
-                return from_error(r.error());
-              }
-              m.signins_ok.fetch_add(1, std::memory_order_relaxed);
-              return Reply{200, {}, token_body(*r)};
-            },
-            true);
+  m.run_job(
+      *m.hashing, ex,
+      [&m, pool, username = std::move(username), password = std::move(password),
+       client = std::move(client), ip = std::string(ex.remote_ip())] {
+        auto r = m.pools->sign_in(pool, username, password, client, ip);
+        if (!r) {
+          (r.error().status == 429 ? m.signins_throttled : m.signins_failed)
+              .fetch_add(1, std::memory_order_relaxed);
+          return from_error(r.error());
+        }
+        m.signins_ok.fetch_add(1, std::memory_order_relaxed);
+        return Reply{200, {}, token_body(*r)};
+      },
+      true);
   return http::Step::kPending;
 }
 
@@ -974,8 +983,10 @@ IdentityAdminReply IdentityService::admin(const std::string& method, const std::
       m.publish();
     }
     return IdentityAdminReply{
-        200, {}, json::serialize(json::object{{"kid", k->kid},
-                                              {"alg", std::string(identity::alg_name(k->alg))}})};
+        200,
+        {},
+        json::serialize(
+            json::object{{"kid", k->kid}, {"alg", std::string(identity::alg_name(k->alg))}})};
   }
   constexpr std::string_view kUsers = "/users/";
   if (method == "POST" && rest.starts_with(kUsers)) {

@@ -47,7 +47,7 @@ using IdpResult = tl::expected<T, IdpError>;
 struct TokenSet {
   std::string id_token;
   std::string access_token;
-  std::string refresh_token;  // empty on refresh (the refresh token is reused)
+  std::string refresh_token;    // empty on refresh (the refresh token is reused)
   std::int64_t expires_in = 0;  // access token lifetime, seconds
 };
 
@@ -56,7 +56,7 @@ struct UserRecord {
   std::string sub;  // a random UUID (v4 form), the user's stable id
   bool confirmed = false;
   std::int64_t created_ms = 0;
-  std::int64_t gen = 0;  // bumped by global sign-out
+  std::int64_t gen = 0;                                         // bumped by global sign-out
   std::vector<std::pair<std::string, std::string>> attributes;  // put in ID tokens
 };
 
@@ -70,7 +70,7 @@ struct KeyInfo {
 // Bounds on what clients send.
 inline constexpr std::size_t kMaxUsernameBytes = 128;  // [A-Za-z0-9._@+-]
 inline constexpr std::size_t kMaxPasswordBytes = 1024;
-inline constexpr std::size_t kMaxAttributes = 16;       // names [A-Za-z0-9_:.-]{1,64}
+inline constexpr std::size_t kMaxAttributes = 16;  // names [A-Za-z0-9_:.-]{1,64}
 inline constexpr std::size_t kMaxAttributeBytes = 1024;
 inline constexpr std::size_t kMaxRefreshPerUser = 100;  // older refresh tokens are dropped
 

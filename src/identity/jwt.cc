@@ -251,9 +251,8 @@ core::Result<PkeyPtr> rsa_public(std::string_view n, std::string_view e) {
   }
   const int bits = BN_num_bits(bn_n.get());
   if (bits < kMinRsaBits || bits > kMaxRsaBits) {
-    return core::make_error(core::ErrorCode::kBadRequest,
-                            "RSA modulus of " + std::to_string(bits) +
-                                " bits; 2048 to 8192 are accepted");
+    return core::make_error(core::ErrorCode::kBadRequest, "RSA modulus of " + std::to_string(bits) +
+                                                              " bits; 2048 to 8192 are accepted");
   }
   if (!BN_is_odd(bn_e.get()) || BN_num_bits(bn_e.get()) < 2 || BN_num_bits(bn_e.get()) > 64) {
     return core::make_error(core::ErrorCode::kBadRequest,
@@ -418,8 +417,8 @@ std::string_view describe(JwtStatus s) noexcept {
 }
 
 bool is_authentication_failure(JwtStatus s) noexcept {
-  return s != JwtStatus::kOk && s != JwtStatus::kWrongAudience &&
-         s != JwtStatus::kWrongTokenUse && s != JwtStatus::kInsufficientScope;
+  return s != JwtStatus::kOk && s != JwtStatus::kWrongAudience && s != JwtStatus::kWrongTokenUse &&
+         s != JwtStatus::kInsufficientScope;
 }
 
 // ---- Jwks ---------------------------------------------------------------------------------------
@@ -449,7 +448,9 @@ const Jwks::Key* Jwks::find(std::string_view kid) const noexcept {
 }
 
 core::Result<Jwks> Jwks::parse(std::string_view text) {
-  auto fail = [](std::string msg) { return core::make_error(core::ErrorCode::kBadRequest, std::move(msg)); };
+  auto fail = [](std::string msg) {
+    return core::make_error(core::ErrorCode::kBadRequest, std::move(msg));
+  };
   if (text.size() > kMaxJwksBytes) {
     return fail("the JWKS is " + std::to_string(text.size()) + " bytes; the limit is " +
                 std::to_string(kMaxJwksBytes));
@@ -676,10 +677,9 @@ JwtStatus verify(std::string_view token, const Jwks& keys, const VerifyPolicy& p
   bool good = false;
   if (*alg == Alg::kEdDSA) {
     good = s.signature.size() == crypto_sign_BYTES && sodium_ready() &&
-           crypto_sign_verify_detached(
-               reinterpret_cast<const unsigned char*>(s.signature.data()),
-               reinterpret_cast<const unsigned char*>(signed_part.data()), signed_part.size(),
-               key->ed25519.data()) == 0;
+           crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(s.signature.data()),
+                                       reinterpret_cast<const unsigned char*>(signed_part.data()),
+                                       signed_part.size(), key->ed25519.data()) == 0;
   } else {
     good = rsa_verify(key->rsa.get(), signed_part, s.signature);
   }
@@ -738,12 +738,12 @@ JwtStatus verify(std::string_view token, const Jwks& keys, const VerifyPolicy& p
   }
   if (!policy.audiences.empty()) {
     const auto& want = policy.audiences;
-    const bool ok =
-        std::any_of(out.aud.begin(), out.aud.end(),
-                    [&](const std::string& a) {
-                      return std::find(want.begin(), want.end(), a) != want.end();
-                    }) ||
-        (!out.client_id.empty() && std::find(want.begin(), want.end(), out.client_id) != want.end());
+    const bool ok = std::any_of(out.aud.begin(), out.aud.end(),
+                                [&](const std::string& a) {
+                                  return std::find(want.begin(), want.end(), a) != want.end();
+                                }) ||
+                    (!out.client_id.empty() &&
+                     std::find(want.begin(), want.end(), out.client_id) != want.end());
     if (!ok) {
       return JwtStatus::kWrongAudience;
     }
@@ -775,9 +775,8 @@ JwtStatus verify(std::string_view token, const Jwks& keys, const VerifyPolicy& p
   }
   if (!policy.scopes.empty()) {
     const bool ok = std::any_of(out.all.begin(), out.all.end(), [&](const auto& kv) {
-      return kv.first == "scope" &&
-             std::find(policy.scopes.begin(), policy.scopes.end(), kv.second) !=
-                 policy.scopes.end();
+      return kv.first == "scope" && std::find(policy.scopes.begin(), policy.scopes.end(),
+                                              kv.second) != policy.scopes.end();
     });
     if (!ok) {
       return JwtStatus::kInsufficientScope;
@@ -876,8 +875,8 @@ std::string SigningKey::public_jwk() const {
   std::string out = "{";
   if (impl_->alg == Alg::kEdDSA) {
     out += "\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"";
-    out += base64url_encode(std::string_view(
-        reinterpret_cast<const char*>(impl_->ed_public.data()), impl_->ed_public.size()));
+    out += base64url_encode(std::string_view(reinterpret_cast<const char*>(impl_->ed_public.data()),
+                                             impl_->ed_public.size()));
     out += "\",";
   } else {
     BIGNUM* n = nullptr;

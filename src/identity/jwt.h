@@ -30,17 +30,18 @@
 namespace gatehouse::identity {
 
 // Bounds on untrusted input; anything over them is refused.
-inline constexpr std::size_t kMaxTokenBytes = 8192;        // the whole compact token
-inline constexpr std::size_t kMaxJwksBytes = 256 * 1024;   // a JWKS document
-inline constexpr std::size_t kMaxJwksKeys = 64;            // keys in one set
-inline constexpr std::size_t kMaxClaims = 64;              // (name, value) pairs kept per token
-inline constexpr std::size_t kMaxJsonDepth = 8;            // nesting inside a header or payload
+inline constexpr std::size_t kMaxTokenBytes = 8192;       // the whole compact token
+inline constexpr std::size_t kMaxJwksBytes = 256 * 1024;  // a JWKS document
+inline constexpr std::size_t kMaxJwksKeys = 64;           // keys in one set
+inline constexpr std::size_t kMaxClaims = 64;             // (name, value) pairs kept per token
+inline constexpr std::size_t kMaxJsonDepth = 8;           // nesting inside a header or payload
 inline constexpr std::size_t kMaxKidBytes = 256;
 
 enum class Alg : std::uint8_t { kEdDSA = 1, kRS256 = 2 };
 // A set of algorithms as a bit mask of Alg values.
 using AlgSet = std::uint8_t;
-inline constexpr AlgSet kAllAlgs = static_cast<AlgSet>(Alg::kEdDSA) | static_cast<AlgSet>(Alg::kRS256);
+inline constexpr AlgSet kAllAlgs =
+    static_cast<AlgSet>(Alg::kEdDSA) | static_cast<AlgSet>(Alg::kRS256);
 [[nodiscard]] constexpr bool contains(AlgSet set, Alg a) noexcept {
   return (set & static_cast<AlgSet>(a)) != 0;
 }
@@ -116,8 +117,8 @@ enum class JwtStatus : std::uint8_t {
   kUnknownKey,     // no "kid", or no key with that kid in the set
   kKeyMismatch,    // the key with that kid is for another algorithm
   kBadSignature,
-  kExpired,        // now >= exp + leeway
-  kNotYetValid,    // now < nbf - leeway, or iat in the future beyond the leeway
+  kExpired,      // now >= exp + leeway
+  kNotYetValid,  // now < nbf - leeway, or iat in the future beyond the leeway
   kWrongIssuer,
   kWrongAudience,
   kWrongTokenUse,

@@ -1,5 +1,3 @@
-#include "identity/identity.h"
-
 #include <sodium.h>
 
 #include <algorithm>
@@ -9,6 +7,8 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+
+#include "identity/identity.h"
 
 namespace gatehouse::identity {
 
@@ -32,9 +32,7 @@ IdpError internal(const core::Error& e) { return fail(500, "InternalError", e.me
 IdpError no_pool(std::string_view pool) {
   return fail(404, "UserPoolNotFound", "no user pool '" + std::string(pool) + "'");
 }
-IdpError not_authorized() {
-  return fail(401, "NotAuthorized", "incorrect username or password");
-}
+IdpError not_authorized() { return fail(401, "NotAuthorized", "incorrect username or password"); }
 
 std::int64_t wall_ms(const core::Clock& clock) {
   return std::chrono::duration_cast<milliseconds>(clock.wall().time_since_epoch()).count();
@@ -51,10 +49,22 @@ bool attribute_name_char(char c) {
 }
 
 // Claims the pool sets itself; a user attribute must not shadow them.
-constexpr std::array<std::string_view, 16> kReservedClaims{
-    "sub",       "iss",       "aud",       "exp",      "nbf",      "iat",
-    "jti",       "token_use", "auth_time", "scope",    "username", "client_id",
-    "cognito:username", "cognito:groups", "event_id", "origin_jti"};
+constexpr std::array<std::string_view, 16> kReservedClaims{"sub",
+                                                           "iss",
+                                                           "aud",
+                                                           "exp",
+                                                           "nbf",
+                                                           "iat",
+                                                           "jti",
+                                                           "token_use",
+                                                           "auth_time",
+                                                           "scope",
+                                                           "username",
+                                                           "client_id",
+                                                           "cognito:username",
+                                                           "cognito:groups",
+                                                           "event_id",
+                                                           "origin_jti"};
 
 // A random UUID in the version 4 form: the user's "sub".
 std::string uuid4() {
@@ -471,7 +481,8 @@ IdpResult<void> UserPools::load_pool_keys(Pool& p, bool provision) {
   // The active key: the newest one not retired.
   StoredKey* active = nullptr;
   for (auto& k : keys) {
-    if (k.info.retired_ms == 0 && (active == nullptr || k.info.created_ms > active->info.created_ms)) {
+    if (k.info.retired_ms == 0 &&
+        (active == nullptr || k.info.created_ms > active->info.created_ms)) {
       active = &k;
     }
   }
@@ -484,7 +495,8 @@ IdpResult<void> UserPools::load_pool_keys(Pool& p, bool provision) {
     }
     if (active != nullptr) {
       active->info.retired_ms = now;
-      batch.emplace_back(store::Put{std::string(kKeys), prefix + active->info.kid, key_json(*active)});
+      batch.emplace_back(
+          store::Put{std::string(kKeys), prefix + active->info.kid, key_json(*active)});
     }
     StoredKey k{KeyInfo{fresh->kid(), want, now, 0}, fresh->private_text()};
     batch.emplace_back(store::Put{std::string(kKeys), prefix + k.info.kid, key_json(k)});
@@ -568,8 +580,8 @@ IdpResult<UserRecord> UserPools::sign_up(
     return tl::unexpected(fail(400, "InvalidPassword", why));
   }
   if (attributes.size() > kMaxAttributes) {
-    return tl::unexpected(fail(400, "InvalidParameter",
-                               "at most " + std::to_string(kMaxAttributes) + " attributes"));
+    return tl::unexpected(
+        fail(400, "InvalidParameter", "at most " + std::to_string(kMaxAttributes) + " attributes"));
   }
   for (const auto& [name, value] : attributes) {
     if (name.empty() || name.size() > 64 ||
@@ -580,9 +592,9 @@ IdpResult<UserRecord> UserPools::sign_up(
                                  "claim the pool sets itself"));
     }
     if (value.size() > kMaxAttributeBytes) {
-      return tl::unexpected(fail(400, "InvalidParameter",
-                                 "attribute values are at most " +
-                                     std::to_string(kMaxAttributeBytes) + " bytes"));
+      return tl::unexpected(
+          fail(400, "InvalidParameter",
+               "attribute values are at most " + std::to_string(kMaxAttributeBytes) + " bytes"));
     }
   }
   StoredUser u;
@@ -629,10 +641,8 @@ IdpResult<TokenSet> UserPools::sign_in(std::string_view pool, std::string_view u
   }
   const std::string user_key = p->name + "/" + std::string(username);
   const std::string ip_key = p->name + "/" + remote_ip;
-  if (const auto wait = throttle_.locked_for(user_key, ip_key);
-      wait.count() > 0) {
-    IdpError e = fail(429, "TooManyFailedAttempts",
-                      "too many failed sign-ins; try again later");
+  if (const auto wait = throttle_.locked_for(user_key, ip_key); wait.count() > 0) {
+    IdpError e = fail(429, "TooManyFailedAttempts", "too many failed sign-ins; try again later");
     e.retry_after = std::chrono::ceil<std::chrono::seconds>(wait);
     return tl::unexpected(std::move(e));
   }
@@ -676,7 +686,8 @@ IdpResult<TokenSet> UserPools::sign_in(std::string_view pool, std::string_view u
     std::string fresh = hash_password(cfg.argon2, password);
     std::lock_guard write(p->write_mu);
     auto again = store_.get(kUsers, user_key);
-    auto current = again ? parse_user(*again) : core::Result<StoredUser>(tl::unexpect, again.error());
+    auto current =
+        again ? parse_user(*again) : core::Result<StoredUser>(tl::unexpect, again.error());
     if (!fresh.empty() && current && current->hash == stored->hash) {
       current->hash = std::move(fresh);
       store::Batch b;
@@ -795,9 +806,8 @@ IdpResult<TokenSet> UserPools::refresh(std::string_view pool, std::string_view t
   const std::string_view secret = token.substr(d1 + 1, 64);
   std::string username;
   if (!base64url_decode(token.substr(d2 + 1), username) || !check_username(username).empty() ||
-      !std::all_of(rid.begin(), rid.end(), [](char c) {
-        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-      })) {
+      !std::all_of(rid.begin(), rid.end(),
+                   [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); })) {
     return invalid();
   }
   const std::string key = p->name + "/" + username + "/" + std::string(rid);
@@ -881,7 +891,8 @@ IdpResult<void> UserPools::sign_out(std::string_view pool, std::string_view acce
   Claims claims;
   if (!keys || verify(access_token, *keys, policy, clock_.wall(), claims) != JwtStatus::kOk ||
       !check_username(claims.username).empty()) {
-    return tl::unexpected(fail(401, "NotAuthorized", "a valid access token of this pool is needed"));
+    return tl::unexpected(
+        fail(401, "NotAuthorized", "a valid access token of this pool is needed"));
   }
   std::lock_guard write(p->write_mu);
   auto row = store_.get(kUsers, p->name + "/" + claims.username);
@@ -906,9 +917,10 @@ IdpResult<UserRecord> UserPools::admin_confirm(std::string_view pool, std::strin
   }
   std::lock_guard write(p->write_mu);
   const std::string key = p->name + "/" + std::string(username);
-  auto row = check_username(username).empty()
-                 ? store_.get(kUsers, key)
-                 : core::Result<std::string>(tl::unexpect, core::Error{core::ErrorCode::kNotFound, ""});
+  auto row =
+      check_username(username).empty()
+          ? store_.get(kUsers, key)
+          : core::Result<std::string>(tl::unexpect, core::Error{core::ErrorCode::kNotFound, ""});
   if (!row) {
     return tl::unexpected(row.error().code == core::ErrorCode::kNotFound
                               ? fail(404, "UserNotFound", "no user '" + std::string(username) + "'")

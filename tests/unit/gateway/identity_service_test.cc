@@ -195,22 +195,23 @@ TEST_F(IdentityServiceTest, RefusalsMapToStatusesAndCodes) {
 }
 
 TEST_F(IdentityServiceTest, ExternalIssuerFromAFile) {
-  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                       clock_.wall().time_since_epoch())
-                       .count();
+  const auto now =
+      std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
   const std::string exp = std::to_string(now + 300);
   Call ok(1, "Bearer " + external_token("{\"iss\":\"https://idp.test/\",\"aud\":\"api\",\"sub\":"
-                                        "\"s-1\",\"exp\":" + exp + "}"));
+                                        "\"s-1\",\"exp\":" +
+                                        exp + "}"));
   ASSERT_EQ(run(ok), Verdict::kContinue) << ok.out.message;
-  EXPECT_EQ(ok.ctx.principal.id,
-            "arn:gatehouse:iam::123456789012:oidc-provider/idp.test/user/s-1");
+  EXPECT_EQ(ok.ctx.principal.id, "arn:gatehouse:iam::123456789012:oidc-provider/idp.test/user/s-1");
   EXPECT_EQ(ok.ctx.user_pool, "");
   Call no_sub(1, "Bearer " + external_token("{\"iss\":\"https://idp.test/\",\"aud\":\"api\","
-                                            "\"exp\":" + exp + "}"));
+                                            "\"exp\":" +
+                                            exp + "}"));
   ASSERT_EQ(run(no_sub), Verdict::kRefuse);
   EXPECT_EQ(no_sub.out.status, 401);
   Call aud(1, "Bearer " + external_token("{\"iss\":\"https://idp.test/\",\"aud\":\"web\","
-                                         "\"sub\":\"s\",\"exp\":" + exp + "}"));
+                                         "\"sub\":\"s\",\"exp\":" +
+                                         exp + "}"));
   ASSERT_EQ(run(aud), Verdict::kRefuse);
   EXPECT_EQ(aud.out.status, 403);
 }

@@ -200,9 +200,9 @@ TEST_F(JwtTest, ExpiryAndNotBeforeWithBoundedLeeway) {
   EXPECT_EQ(check(sign(*ed_, claims(kNow + 100, ",\"nbf\":" + std::to_string(kNow + 29)))),
             JwtStatus::kOk);
   // iat in the future beyond the skew.
-  const std::string future_iat = "{\"iss\":\"https://issuer.test\",\"aud\":\"web\",\"iat\":" +
-                                 std::to_string(kNow + 120) +
-                                 ",\"exp\":" + std::to_string(kNow + 600) + "}";
+  const std::string future_iat =
+      "{\"iss\":\"https://issuer.test\",\"aud\":\"web\",\"iat\":" + std::to_string(kNow + 120) +
+      ",\"exp\":" + std::to_string(kNow + 600) + "}";
   EXPECT_EQ(check(sign(*ed_, future_iat)), JwtStatus::kNotYetValid);
   // The leeway is capped at 5 minutes whatever the policy says.
   policy_.leeway = seconds(1'000'000);
@@ -212,8 +212,8 @@ TEST_F(JwtTest, ExpiryAndNotBeforeWithBoundedLeeway) {
   EXPECT_EQ(check(sign(*ed_, claims(kNow + 600, ",\"nbf\":1e300"))), JwtStatus::kNotYetValid);
   const std::string huge = "{\"iss\":\"https://issuer.test\",\"aud\":\"web\",\"exp\":-1e300}";
   EXPECT_EQ(check(sign(*ed_, huge)), JwtStatus::kExpired);
-  const std::string frac = "{\"iss\":\"https://issuer.test\",\"aud\":\"web\",\"exp\":" +
-                           std::to_string(kNow) + ".9}";
+  const std::string frac =
+      "{\"iss\":\"https://issuer.test\",\"aud\":\"web\",\"exp\":" + std::to_string(kNow) + ".9}";
   EXPECT_EQ(check(sign(*ed_, frac)), JwtStatus::kExpired);
 }
 
@@ -236,13 +236,15 @@ TEST_F(JwtTest, IssuerAudienceTokenUseAndScope) {
   EXPECT_FALSE(is_authentication_failure(JwtStatus::kWrongAudience));
   EXPECT_TRUE(is_authentication_failure(JwtStatus::kBadSignature));
   // aud as an array: any entry; access tokens carry client_id instead.
-  EXPECT_EQ(check(sign(*ed_, "{\"iss\":\"https://issuer.test\",\"aud\":[\"a\",\"mobile\"],\"exp\":" +
-                                 std::to_string(kNow + 60) + "}")),
-            JwtStatus::kOk);
+  EXPECT_EQ(
+      check(sign(*ed_, "{\"iss\":\"https://issuer.test\",\"aud\":[\"a\",\"mobile\"],\"exp\":" +
+                           std::to_string(kNow + 60) + "}")),
+      JwtStatus::kOk);
   EXPECT_EQ(out_.aud.size(), 2u);
-  const std::string access = "{\"iss\":\"https://issuer.test\",\"client_id\":\"mobile\","
-                             "\"token_use\":\"access\",\"scope\":\"openid  profile\",\"exp\":" +
-                             std::to_string(kNow + 60) + "}";
+  const std::string access =
+      "{\"iss\":\"https://issuer.test\",\"client_id\":\"mobile\","
+      "\"token_use\":\"access\",\"scope\":\"openid  profile\",\"exp\":" +
+      std::to_string(kNow + 60) + "}";
   EXPECT_EQ(check(sign(*ed_, access)), JwtStatus::kOk);
   policy_.token_use = TokenUse::kId;
   EXPECT_EQ(check(sign(*ed_, access)), JwtStatus::kWrongTokenUse);
@@ -358,7 +360,8 @@ TEST(JwksParse, HostileDocuments) {
   EXPECT_TRUE(bad("{\"keys\":[1]}"));
   EXPECT_TRUE(bad("{\"keys\":[{}]}"));
   EXPECT_TRUE(bad("{\"keys\":[" + jwk + "," + jwk + "]}"));  // duplicate kid
-  EXPECT_TRUE(bad("{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"a\",\"x\":\"AAAA\"}]}"));
+  EXPECT_TRUE(
+      bad("{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"a\",\"x\":\"AAAA\"}]}"));
   EXPECT_TRUE(bad("{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"" +
                   std::string(43, 'A') + "\"}]}"));  // no kid
   EXPECT_TRUE(bad("{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"a\",\"x\":\"" +
@@ -376,9 +379,10 @@ TEST(JwksParse, HostileDocuments) {
   EXPECT_TRUE(bad(many + "]}"));
 
   // Keys Gatehouse cannot use are skipped, not fatal.
-  auto set = Jwks::parse("{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"e\"},"
-                         "{\"kty\":\"oct\",\"k\":\"c2VjcmV0\",\"kid\":\"h\"}," +
-                         jwk + "]}");
+  auto set = Jwks::parse(
+      "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"e\"},"
+      "{\"kty\":\"oct\",\"k\":\"c2VjcmV0\",\"kid\":\"h\"}," +
+      jwk + "]}");
   ASSERT_TRUE(set) << set.error().message;
   EXPECT_EQ(set->size(), 1u);
   EXPECT_EQ(set->skipped(), 2u);
