@@ -323,11 +323,13 @@ int main(int argc, char** argv) {
     auto* ul = users->add_subcommand("list", "List a pool's users");
     auto* uc = users->add_subcommand("confirm", "Confirm a user (pools with confirmation: admin)");
     uc->add_option("user", user_args.user, "Username")->required();
-    auto* us = users->add_subcommand("signout", "Sign a user out everywhere (revokes refresh tokens)");
+    auto* us =
+        users->add_subcommand("signout", "Sign a user out everywhere (revokes refresh tokens)");
     us->add_option("user", user_args.user, "Username")->required();
     auto* uk = users->add_subcommand("keys", "List a pool's signing keys");
     auto* ur = users->add_subcommand(
-        "rotate-key", "Make a new signing key active; old ones stay published until their tokens expire");
+        "rotate-key",
+        "Make a new signing key active; old ones stay published until their tokens expire");
     for (auto* c : {ul, uc, us, uk, ur}) {
       add_pool(c);
       c->callback([&user_action, c] { user_action = c->get_name(); });

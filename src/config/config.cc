@@ -261,15 +261,15 @@ void check_user_pools(Decoded& d) {
     const AdminConfig& a = c.admin;
     if (overlaps(a.admin_prefix) || overlaps(a.health_path) || overlaps(a.metrics_path)) {
       Position pos = d.position("identity.path_prefix");
-      for (const char* other : {"admin.admin_prefix", "admin.health_path", "admin.metrics_path",
-                                "user_pools"}) {
+      for (const char* other :
+           {"admin.admin_prefix", "admin.health_path", "admin.metrics_path", "user_pools"}) {
         if (pos.line == 0) {
           pos = d.position(other);
         }
       }
-      d.diagnostics.add(pos, "identity.path_prefix",
-                        "'" + printable(prefix) +
-                            "' overlaps the admin prefix, health or metrics path");
+      d.diagnostics.add(
+          pos, "identity.path_prefix",
+          "'" + printable(prefix) + "' overlaps the admin prefix, health or metrics path");
     }
   }
 }
@@ -315,8 +315,8 @@ void check_route_auth(Decoded& d, const std::string& base, Route& r,
       j.issuer = p.issuer;
     } else if (j.issuer != p.issuer) {
       d.diagnostics.add(d.position(jbase + ".issuer"), jbase + ".issuer",
-                        "differs from the issuer of pool '" + p.name + "' (" +
-                            printable(p.issuer) + "); leave it out");
+                        "differs from the issuer of pool '" + p.name + "' (" + printable(p.issuer) +
+                            "); leave it out");
     }
     if (j.audience.empty()) {
       j.audience = p.clients;

@@ -174,7 +174,7 @@ enum class JwksSource : std::uint8_t { kNone, kPool, kFile, kUrl };
 // A route's JWT authorizer (YAML routes[].jwt), with `auth: jwt`.
 struct JwtAuthorizerConfig {
   JwksSource source = JwksSource::kNone;  // required
-  std::string jwks;      // as written ("pool main"): the cache key of the key set
+  std::string jwks;                       // as written ("pool main"): the cache key of the key set
   std::string location;  // the pool name, file path (relative: to the working directory) or
                          // URL (http, host 127.0.0.0/8, ::1 or localhost; checked)
   std::string url_host;  // kUrl: the URL's parts (IPv6 without brackets)
@@ -182,14 +182,14 @@ struct JwtAuthorizerConfig {
   std::string url_path;  // "/" when the URL has none
   std::string issuer;    // "iss" must equal it; required for file and url, defaults to the
                          // pool's issuer for a pool (and must equal it when given)
-  std::vector<std::string> audience;  // accepted "aud" / "client_id" values, 1..100 items;
-                                      // required for file and url; default for a pool: its
-                                      // clients
-  std::string token_use;             // access | id | any; default access for a pool (its
-                                      // tokens carry token_use), any for file and url
-                                      // (most issuers do not send it)
-  std::vector<std::string> scopes;    // at least one of them must be in "scope"; at most 100;
-                                      // empty = no scope needed
+  std::vector<std::string> audience;    // accepted "aud" / "client_id" values, 1..100 items;
+                                        // required for file and url; default for a pool: its
+                                        // clients
+  std::string token_use;                // access | id | any; default access for a pool (its
+                                        // tokens carry token_use), any for file and url
+                                        // (most issuers do not send it)
+  std::vector<std::string> scopes;      // at least one of them must be in "scope"; at most 100;
+                                        // empty = no scope needed
   std::vector<std::string> algorithms;  // EdDSA and/or RS256; empty (the default) = both
   milliseconds leeway{60'000};          // clock skew allowed on exp/nbf/iat; 0..5m
 };
@@ -275,8 +275,8 @@ struct PasswordPolicy {
 
 // Token lifetimes of a user pool.
 struct TokenLifetimes {
-  milliseconds access{3'600'000};        // 5m..24h
-  milliseconds id{3'600'000};            // 5m..24h
+  milliseconds access{3'600'000};           // 5m..24h
+  milliseconds id{3'600'000};               // 5m..24h
   milliseconds refresh{30LL * 86'400'000};  // 1h..87600h (10 years); default 720h
 };
 
@@ -295,15 +295,15 @@ struct SignInThrottle {
 // argon2id cost for new password hashes (libsodium crypto_pwhash); hashes keep their own
 // parameters, and a sign-in rehashes a password whose hash used other ones.
 struct Argon2Config {
-  std::uint32_t ops_limit = 2;                         // passes; 1..20
+  std::uint32_t ops_limit = 2;                             // passes; 1..20
   std::uint64_t memory = std::uint64_t{64} * 1024 * 1024;  // bytes; 8KiB..1GiB
 };
 
 // A user pool (YAML user_pools[]): users who sign up and sign in for tokens (docs/identity.md).
 struct UserPool {
-  std::string name;            // [A-Za-z0-9_-]{1,64}, unique; required
-  std::string issuer;          // the tokens' "iss"; "" = http://<server.listen><path_prefix>/<name>
-                               // (localhost for a wildcard listen host); 1..1024 bytes
+  std::string name;    // [A-Za-z0-9_-]{1,64}, unique; required
+  std::string issuer;  // the tokens' "iss"; "" = http://<server.listen><path_prefix>/<name>
+                       // (localhost for a wildcard listen host); 1..1024 bytes
   std::string signing_alg = "EdDSA";  // EdDSA | RS256: the algorithm of new signing keys
   std::string confirmation = "auto";  // auto | admin: who confirms a sign-up
   std::vector<std::string> clients;   // app client ids allowed to sign in ("aud" of ID tokens,

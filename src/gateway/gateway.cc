@@ -8,13 +8,13 @@
 #include <strings.h>
 
 #include <atomic>
-#include <deque>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
+#include <deque>
 #include <mutex>
 #include <thread>
 
