@@ -248,8 +248,13 @@ void check_user_pools(Decoded& d) {
       } else if (host.find(':') != std::string::npos) {
         host = "[" + host + "]";
       }
-      p.issuer = "http://" + host + ":" + std::to_string(c.server.listen.port) +
-                 c.identity.path_prefix + "/" + p.name;
+      p.issuer = "http://";
+      p.issuer += host;
+      p.issuer += ':';
+      p.issuer += std::to_string(c.server.listen.port);
+      p.issuer += c.identity.path_prefix;
+      p.issuer += '/';
+      p.issuer += p.name;
     }
   }
   if (!c.user_pools.empty()) {

@@ -63,7 +63,7 @@ struct CompiledIdentity {
 namespace {
 
 // Request bodies of the user pool endpoints are small JSON documents.
-constexpr std::size_t kMaxEndpointBody = 16 * 1024;
+constexpr std::size_t kMaxEndpointBody = std::size_t{16} * 1024;
 // How soon a key set may be re-read because a token named a kid it lacks.
 constexpr std::chrono::seconds kMinEarlyRefresh{10};
 // Retry delay for a key set that failed to load (capped by identity.jwks_refresh).
@@ -798,7 +798,7 @@ http::Step IdentityService::on_request(const CompiledIdentity& ci, http::Exchang
   const http::Request& req = ex.request();
   const EndpointPath ep = split_endpoint(ci, req.path);
   const std::string pool(ep.pool);
-  const auto done = [&](Reply r) {
+  const auto done = [&](const Reply& r) {
     write_reply(ex, r);
     return http::Step::kDone;
   };

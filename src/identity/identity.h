@@ -177,7 +177,7 @@ class UserPools {
   IdpResult<void> load_pool_keys(Pool& p, bool provision);
   IdpResult<TokenSet> issue(Pool& p, const UserRecord& u, std::string_view client_id,
                             std::int64_t auth_time, bool with_refresh);
-  IdpResult<UserRecord> end_sessions(Pool& p, UserRecord u);
+  IdpResult<UserRecord> end_sessions(Pool& p, const UserRecord& u);
 
   const core::Clock& clock_;
   store::Store& store_;

@@ -30,11 +30,11 @@
 namespace gatehouse::identity {
 
 // Bounds on untrusted input; anything over them is refused.
-inline constexpr std::size_t kMaxTokenBytes = 8192;       // the whole compact token
-inline constexpr std::size_t kMaxJwksBytes = 256 * 1024;  // a JWKS document
-inline constexpr std::size_t kMaxJwksKeys = 64;           // keys in one set
-inline constexpr std::size_t kMaxClaims = 64;             // (name, value) pairs kept per token
-inline constexpr std::size_t kMaxJsonDepth = 8;           // nesting inside a header or payload
+inline constexpr std::size_t kMaxTokenBytes = 8192;                    // the whole compact token
+inline constexpr std::size_t kMaxJwksBytes = std::size_t{256} * 1024;  // a JWKS document
+inline constexpr std::size_t kMaxJwksKeys = 64;                        // keys in one set
+inline constexpr std::size_t kMaxClaims = 64;    // (name, value) pairs kept per token
+inline constexpr std::size_t kMaxJsonDepth = 8;  // nesting inside a header or payload
 inline constexpr std::size_t kMaxKidBytes = 256;
 
 enum class Alg : std::uint8_t { kEdDSA = 1, kRS256 = 2 };

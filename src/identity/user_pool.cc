@@ -23,7 +23,7 @@ constexpr std::string_view kKeys = "idp_keys";
 constexpr std::string_view kKeysVersion = "idp_keys_version";
 // How long a retired key stays published past the longest token lifetime: the largest leeway a
 // verifier may allow on exp.
-constexpr std::int64_t kRetiredGraceMs = 5 * 60 * 1000;
+constexpr std::int64_t kRetiredGraceMs = std::int64_t{5} * 60 * 1000;
 
 IdpError fail(int status, std::string_view code, std::string message) {
   return IdpError{status, code, std::move(message), std::chrono::seconds(0)};
@@ -845,7 +845,7 @@ IdpResult<TokenSet> UserPools::refresh(std::string_view pool, std::string_view t
   return issue(*p, u->rec, rec->client_id, rec->auth_time, false);
 }
 
-IdpResult<UserRecord> UserPools::end_sessions(Pool& p, UserRecord u) {
+IdpResult<UserRecord> UserPools::end_sessions(Pool& p, const UserRecord& u) {
   // write_mu held by the caller.
   const std::string prefix = p.name + "/" + u.username + "/";
   auto rows = store_.scan(kRefresh, prefix, std::numeric_limits<std::size_t>::max());
@@ -952,7 +952,7 @@ IdpResult<UserRecord> UserPools::admin_sign_out(std::string_view pool, std::stri
   std::lock_guard write(p->write_mu);
   UserRecord u;
   u.username = std::string(username);
-  return end_sessions(*p, std::move(u));
+  return end_sessions(*p, u);
 }
 
 IdpResult<std::vector<UserRecord>> UserPools::list_users(std::string_view pool) {
