@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -42,6 +44,7 @@ struct JwksDoc {
 using DocTable = std::vector<std::shared_ptr<const JwksDoc>>;
 
 struct JwtRule {
+  std::uint64_t id = 0;  // unique in the process: cache entries of an older config never match
   std::uint32_t slot = 0;
   identity::VerifyPolicy policy;
   std::string pool;    // the user pool, "" for a file or url key set
@@ -71,6 +74,13 @@ constexpr std::chrono::seconds kRetryFailed{2};
 constexpr std::chrono::seconds kFetchTimeout{5};
 // More distinct key sets than this get no early refresh (routes are capped at 10000 anyway).
 constexpr std::size_t kMaxSlots = 16384;
+// Verified tokens remembered per worker (direct-mapped by a hash of the token), and for how long
+// at most: clients send the same token many times, and a signature check costs far more than the
+// rest of a request.
+constexpr std::size_t kCacheEntries = 128;
+constexpr std::int64_t kCacheSeconds = 300;
+
+std::atomic<std::uint64_t> next_rule_id{1};
 
 constexpr std::string_view kWwwAuthenticate = "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n";
 constexpr std::string_view kInvalidToken =
@@ -391,9 +401,21 @@ struct IdentityService::Impl {
   std::condition_variable cv;
   std::thread refresher;
 
+  // A token that verified, with what it yielded. Holding the key set keeps its address from
+  // being reused by a later set, so a pointer comparison tells whether the set changed.
+  struct CachedToken {
+    std::uint64_t rule_id = 0;  // 0: empty
+    std::shared_ptr<const JwksDoc> doc;
+    std::int64_t valid_until = 0;  // wall seconds: exp + leeway, at most kCacheSeconds ahead
+    std::string token;
+    std::string arn;
+    std::vector<std::pair<std::string, std::string>> claims;
+  };
+
   struct alignas(64) PerWorker {
     std::shared_ptr<const DocTable> docs;  // worker thread only
     identity::Claims claims;               // scratch for verify()
+    std::array<CachedToken, kCacheEntries> cache;
   };
   std::vector<PerWorker> per_worker;
   std::unique_ptr<std::atomic<bool>[]> wanted;  // by slot: a worker saw an unknown kid
@@ -594,6 +616,7 @@ core::Result<std::shared_ptr<const CompiledIdentity>> IdentityService::compile(
     proto.port = j.url_port;
     proto.path = j.url_path;
     auto rule = std::make_unique<JwtRule>();
+    rule->id = next_rule_id.fetch_add(1, std::memory_order_relaxed);
     rule->slot = impl_->slot_for(j.jwks, proto);
     rule->policy.algorithms = alg_set(j.algorithms);
     rule->policy.issuer = j.issuer;
@@ -706,16 +729,29 @@ Verdict IdentityService::authenticate(const CompiledIdentity& ci, RequestContext
     return Verdict::kRefuse;
   }
   Impl::PerWorker& pw = impl_->per_worker[ctx.worker];
-  const JwksDoc* doc =
-      pw.docs && rule->slot < pw.docs->size() ? (*pw.docs)[rule->slot].get() : nullptr;
+  const std::shared_ptr<const JwksDoc>* doc_ptr =
+      pw.docs && rule->slot < pw.docs->size() ? &(*pw.docs)[rule->slot] : nullptr;
+  const JwksDoc* doc = doc_ptr != nullptr ? doc_ptr->get() : nullptr;
   if (doc == nullptr || !doc->keys) {
     out = Refusal{503, "JwksUnavailable", "the route's signing keys are not loaded yet",
                   "Retry-After: 1\r\n"};
     return Verdict::kRefuse;
   }
+  const auto wall = impl_->clock.wall();
+  const std::int64_t now =
+      std::chrono::duration_cast<std::chrono::seconds>(wall.time_since_epoch()).count();
+  Impl::CachedToken& hit = pw.cache[std::hash<std::string_view>{}(token) % kCacheEntries];
+  // The comparison takes the same time whatever the bytes: the cache holds valid credentials.
+  if (hit.rule_id == rule->id && hit.doc.get() == doc && now < hit.valid_until &&
+      core::constant_time_equal(hit.token, token)) {
+    ctx.principal_arn = hit.arn;
+    ctx.user_pool = rule->pool;
+    ctx.claims = hit.claims;
+    ctx.principal = Principal{"user", ctx.principal_arn};
+    return Verdict::kContinue;
+  }
   identity::Claims& claims = pw.claims;
-  const identity::JwtStatus st =
-      identity::verify(token, *doc->keys, rule->policy, impl_->clock.wall(), claims);
+  const identity::JwtStatus st = identity::verify(token, *doc->keys, rule->policy, wall, claims);
   if (st == identity::JwtStatus::kUnknownKey && rule->slot < kMaxSlots) {
     // Maybe the issuer rotated its keys: ask the refresher for an early re-read.
     impl_->wanted[rule->slot].store(true, std::memory_order_relaxed);
@@ -735,6 +771,15 @@ Verdict IdentityService::authenticate(const CompiledIdentity& ci, RequestContext
   ctx.user_pool = rule->pool;
   ctx.claims.assign(claims.all.begin(), claims.all.end());
   ctx.principal = Principal{"user", ctx.principal_arn};
+  // exp is required by every rule (VerifyPolicy::require_exp), so the token's life is bounded.
+  const std::int64_t leeway = std::clamp<std::int64_t>(rule->policy.leeway.count(), 0, 300);
+  hit.rule_id = rule->id;
+  hit.doc = *doc_ptr;
+  hit.valid_until =
+      claims.exp >= now + kCacheSeconds - leeway ? now + kCacheSeconds : claims.exp + leeway;
+  hit.token.assign(token);
+  hit.arn = ctx.principal_arn;
+  hit.claims = ctx.claims;
   return Verdict::kContinue;
 }
 

@@ -194,6 +194,27 @@ TEST_F(IdentityServiceTest, RefusalsMapToStatusesAndCodes) {
   EXPECT_EQ(late.out.message, "the token has expired");
 }
 
+TEST_F(IdentityServiceTest, RememberedTokensStillExpireAndStayPerRoute) {
+  for (int i = 0; i < 3; ++i) {  // the first verifies, the others are answered from the cache
+    Call c(0, "Bearer " + tokens_.access_token);
+    ASSERT_EQ(run(c), Verdict::kContinue) << i;
+    EXPECT_TRUE(c.ctx.principal.id.ends_with("/user/" + c.ctx.claims.front().second));
+    EXPECT_EQ(c.ctx.user_pool, "main");
+  }
+  Call other_route(1, "Bearer " + tokens_.access_token);
+  ASSERT_EQ(run(other_route), Verdict::kRefuse);
+  // A token differing in one byte is not mistaken for the remembered one.
+  std::string forged = tokens_.access_token;
+  forged[forged.size() - 3] = forged[forged.size() - 3] == 'A' ? 'B' : 'A';
+  Call f(0, "Bearer " + forged);
+  ASSERT_EQ(run(f), Verdict::kRefuse);
+  EXPECT_EQ(f.out.status, 401);
+  clock_.advance(1h + 61s);  // past exp (1 h) and the leeway (60 s)
+  Call late(0, "Bearer " + tokens_.access_token);
+  ASSERT_EQ(run(late), Verdict::kRefuse);
+  EXPECT_EQ(late.out.message, "the token has expired");
+}
+
 TEST_F(IdentityServiceTest, ExternalIssuerFromAFile) {
   const auto now =
       std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
@@ -214,6 +235,20 @@ TEST_F(IdentityServiceTest, ExternalIssuerFromAFile) {
                                          exp + "}"));
   ASSERT_EQ(run(aud), Verdict::kRefuse);
   EXPECT_EQ(aud.out.status, 403);
+  // A remembered token is dropped at its own exp (+ leeway), not at the cache's 5 minutes.
+  const std::string short_lived = "Bearer " + external_token(
+                                                  "{\"iss\":\"https://idp.test/\",\"aud\":"
+                                                  "\"api\",\"sub\":\"s\",\"exp\":" +
+                                                  std::to_string(now + 100) + "}");
+  Call first(1, short_lived);
+  ASSERT_EQ(run(first), Verdict::kContinue);
+  clock_.advance(150s);
+  Call cached(1, short_lived);
+  ASSERT_EQ(run(cached), Verdict::kContinue);  // within exp + 60 s of leeway
+  clock_.advance(15s);
+  Call expired(1, short_lived);
+  ASSERT_EQ(run(expired), Verdict::kRefuse);
+  EXPECT_EQ(expired.out.message, "the token has expired");
 }
 
 TEST_F(IdentityServiceTest, AdminRotationIsPublishedToWorkers) {
