@@ -15,6 +15,7 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -466,3 +467,31 @@ def test_external_issuer_with_a_jwks_url(start_gatehouse):
         assert srv.hits > hits
     finally:
         srv.stop()
+
+
+@pytest.mark.deadline(60)
+def test_function_behind_a_jwt_route_gets_the_claims(start_gatehouse, gatehouse_bin):
+    fn_dir = Path(gatehouse_bin).resolve().parents[2] / "tests" / "functions"
+    if not (fn_dir / "fn_echo").exists():
+        pytest.fail(f"native test functions missing in {fn_dir}: build the fn_* targets")
+
+    def cfg(c):
+        with_pool(c)
+        c["functions"] = [{"name": "echo", "runtime": "lambda",
+                           "command": [str(fn_dir / "fn_echo")], "timeout_s": 5}]
+        route = {"name": "whoami", "method": "GET", "path": "/whoami", "auth": "jwt",
+                 "jwt": {"jwks": "pool main"}, "target": {"function": "echo"}}
+        c["routes"].append(route)
+    g = start_gatehouse(cfg)
+    tokens = sign_up_and_in(g)
+    sub = claims_of(tokens["access_token"])["sub"]
+    r = call(g, "/whoami", tokens["access_token"])
+    assert r.status_code == 200, r.text
+    ev = r.json()["echo"]
+    jwt = ev["requestContext"]["authorizer"]["jwt"]
+    assert jwt["claims"]["sub"] == sub
+    assert jwt["claims"]["username"] == "alice"
+    assert jwt["scopes"] == ["openid"]
+    assert ev["requestContext"]["gatehouse"]["principal"] == (
+        f"user:arn:gatehouse:cognito-idp:local:000000000000:userpool/main/user/{sub}")
+    assert call(g, "/whoami").status_code == 401
