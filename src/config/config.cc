@@ -409,6 +409,134 @@ void check_policies(Decoded& d) {
   }
 }
 
+// User pools: clients, throttle bounds, and the issuer default (from server.listen, so every
+// reader of the config — the gateway, the CLI — computes the same one).
+void check_user_pools(Decoded& d) {
+  Config& c = d.config;
+  for (std::size_t i = 0; i < c.user_pools.size() && !d.diagnostics.full(); ++i) {
+    UserPool& p = c.user_pools[i];
+    const std::string base = "user_pools[" + std::to_string(i) + "]";
+    if (d.position(base + ".clients").line > 0 && p.clients.empty()) {
+      d.diagnostics.add(d.position(base + ".clients"), base + ".clients",
+                        "must list at least one client id");
+    }
+    const SignInThrottle& t = p.sign_in_throttle;
+    if (t.max_delay < t.base_delay) {
+      const std::string path = base + ".sign_in_throttle.max_delay";
+      Position pos = d.position(path);
+      if (pos.line == 0) {
+        pos = d.position(base + ".sign_in_throttle.base_delay");
+      }
+      d.diagnostics.add(pos, path, "must be at least sign_in_throttle.base_delay");
+    }
+    if (p.issuer.empty() && !p.name.empty()) {
+      std::string host = c.server.listen.host;
+      if (host == "0.0.0.0" || host == "::" || host.empty()) {
+        host = "localhost";
+      } else if (host.find(':') != std::string::npos) {
+        host = "[" + host + "]";
+      }
+      p.issuer = "http://";
+      p.issuer += host;
+      p.issuer += ':';
+      p.issuer += std::to_string(c.server.listen.port);
+      p.issuer += c.identity.path_prefix;
+      p.issuer += '/';
+      p.issuer += p.name;
+    }
+  }
+  if (!c.user_pools.empty()) {
+    const std::string& prefix = c.identity.path_prefix;
+    // Either path is the other or lies under it.
+    const auto overlaps = [&](const std::string& path) {
+      return path == prefix || path.starts_with(prefix + "/") || prefix.starts_with(path + "/");
+    };
+    const AdminConfig& a = c.admin;
+    if (overlaps(a.admin_prefix) || overlaps(a.health_path) || overlaps(a.metrics_path)) {
+      Position pos = d.position("identity.path_prefix");
+      for (const char* other :
+           {"admin.admin_prefix", "admin.health_path", "admin.metrics_path", "user_pools"}) {
+        if (pos.line == 0) {
+          pos = d.position(other);
+        }
+      }
+      d.diagnostics.add(
+          pos, "identity.path_prefix",
+          "'" + printable(prefix) + "' overlaps the admin prefix, health or metrics path");
+    }
+  }
+}
+
+// A route's `auth` and `jwt` keys agree, and its jwt block names a pool that exists (whose
+// issuer and clients are then its defaults) or gives an issuer and an audience of its own.
+void check_route_auth(Decoded& d, const std::string& base, Route& r,
+                      const std::unordered_map<std::string_view, std::size_t>& pools) {
+  const Config& c = d.config;
+  const bool has_block = d.position(base + ".jwt").line > 0;
+  if (r.auth != RouteAuth::kJwt) {
+    if (has_block) {
+      d.diagnostics.add(d.position(base + ".jwt"), base + ".jwt", "only applies with auth: jwt");
+    }
+    return;
+  }
+  if (r.api_key != ApiKeyMode::kNone) {
+    d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
+                      "auth: jwt cannot be combined with api_key: optional or required");
+  }
+  if (!has_block) {
+    d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
+                      "auth: jwt needs a 'jwt' block (jwks, issuer, audience)");
+    return;
+  }
+  JwtAuthorizerConfig& j = r.jwt;
+  const std::string jbase = base + ".jwt";
+  if (j.token_use.empty()) {
+    j.token_use = j.source == JwksSource::kPool ? "access" : "any";
+  }
+  if (j.source == JwksSource::kPool) {
+    const auto it = pools.find(j.location);
+    if (it == pools.end()) {
+      std::vector<std::string_view> names = names_of(c.user_pools);
+      d.diagnostics.add(d.position(jbase + ".jwks"), jbase + ".jwks",
+                        "unknown user pool '" + printable(j.location) + "'" +
+                            (names.empty() ? std::string(" (no user_pools are defined)")
+                                           : suggestion(j.location, names)));
+      return;
+    }
+    const UserPool& p = c.user_pools[it->second];
+    if (j.issuer.empty()) {
+      j.issuer = p.issuer;
+    } else if (j.issuer != p.issuer) {
+      d.diagnostics.add(d.position(jbase + ".issuer"), jbase + ".issuer",
+                        "differs from the issuer of pool '" + p.name + "' (" + printable(p.issuer) +
+                            "); leave it out");
+    }
+    if (j.audience.empty()) {
+      j.audience = p.clients;
+    }
+    for (std::size_t k = 0; k < j.audience.size(); ++k) {
+      const std::string& a = j.audience[k];
+      if (!a.empty() && std::find(p.clients.begin(), p.clients.end(), a) == p.clients.end()) {
+        const std::string path = item_path(d, jbase + ".audience", k);
+        d.diagnostics.add(d.position(path), path,
+                          "'" + printable(a) + "' is not a client of pool '" + p.name + "'");
+      }
+    }
+    return;
+  }
+  if (j.source == JwksSource::kNone) {
+    return;  // a bad jwks value, already reported
+  }
+  if (j.issuer.empty()) {
+    d.diagnostics.add(d.position(jbase), jbase,
+                      "missing required key 'issuer' (required with a file or url key set)");
+  }
+  if (j.audience.empty()) {
+    d.diagnostics.add(d.position(jbase), jbase,
+                      "missing required key 'audience' (required with a file or url key set)");
+  }
+}
+
 // The checks that need more than one value: references between sections, unique names, and the
 // route name default (which must exist before names can be compared).
 void check_references(Decoded& d) {
@@ -417,6 +545,8 @@ void check_references(Decoded& d) {
   const auto upstreams = index_names(d, c.upstreams, "upstreams", "upstream");
   const auto functions = index_names(d, c.functions, "functions", "function");
   index_names(d, c.plans, "plans", "plan");
+  const auto pools = index_names(d, c.user_pools, "user_pools", "user pool");
+  check_user_pools(d);
   const std::vector<std::string_view> stage_names = names_of(c.stages);
   const std::vector<std::string_view> upstream_names = names_of(c.upstreams);
   const std::vector<std::string_view> function_names = names_of(c.functions);
@@ -449,6 +579,7 @@ void check_references(Decoded& d) {
       }
     }
     check_stage_list(d, base + ".stages", r.stages, stages, stage_names);
+    check_route_auth(d, base, r, pools);
     const std::string& function = r.target.function;
     if (!function.empty() && !functions.contains(function)) {
       const std::string path = d.position(base + ".function").line > 0 ||
@@ -482,6 +613,9 @@ void check_references(Decoded& d) {
   if (!d.diagnostics.full()) {
     check_policies(d);
   }
+  // One account id and region for every ARN, the user pools' included.
+  c.identity.account_id = c.account_id;
+  c.identity.region = c.region;
 
   const AdminConfig& a = c.admin;
   if (a.health_path == a.metrics_path) {
@@ -620,6 +754,15 @@ const Role* Config::find_role(std::string_view name) const {
   for (const Role& r : roles) {
     if (r.name == name) {
       return &r;
+    }
+  }
+  return nullptr;
+}
+
+const UserPool* Config::find_user_pool(std::string_view name) const {
+  for (const auto& p : user_pools) {
+    if (p.name == name) {
+      return &p;
     }
   }
   return nullptr;

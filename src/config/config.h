@@ -218,6 +218,38 @@ struct ThrottlingConfig {
 // Whether a route takes an API key (YAML api_key: none | optional | required; default none).
 enum class ApiKeyMode : std::uint8_t { kNone, kOptional, kRequired };
 
+// How a route authenticates callers (YAML auth: api_key | jwt; default api_key, where the
+// route's api_key field decides). jwt: a bearer JWT checked by the route's `jwt` block
+// (docs/identity.md). Other schemes (sigv4) extend this enum.
+enum class RouteAuth : std::uint8_t { kApiKey, kJwt };
+
+// Where a JWT authorizer gets its verification keys (YAML jwt.jwks: "pool NAME", "file PATH" or
+// "url http://127.0.0.1:PORT/PATH").
+enum class JwksSource : std::uint8_t { kNone, kPool, kFile, kUrl };
+
+// A route's JWT authorizer (YAML routes[].jwt), with `auth: jwt`.
+struct JwtAuthorizerConfig {
+  JwksSource source = JwksSource::kNone;  // required
+  std::string jwks;                       // as written ("pool main"): the cache key of the key set
+  std::string location;  // the pool name, file path (relative: to the working directory) or
+                         // URL (http, host 127.0.0.0/8, ::1 or localhost; checked)
+  std::string url_host;  // kUrl: the URL's parts (IPv6 without brackets)
+  std::uint16_t url_port = 80;
+  std::string url_path;  // "/" when the URL has none
+  std::string issuer;    // "iss" must equal it; required for file and url, defaults to the
+                         // pool's issuer for a pool (and must equal it when given)
+  std::vector<std::string> audience;    // accepted "aud" / "client_id" values, 1..100 items;
+                                        // required for file and url; default for a pool: its
+                                        // clients
+  std::string token_use;                // access | id | any; default access for a pool (its
+                                        // tokens carry token_use), any for file and url
+                                        // (most issuers do not send it)
+  std::vector<std::string> scopes;      // at least one of them must be in "scope"; at most 100;
+                                        // empty = no scope needed
+  std::vector<std::string> algorithms;  // EdDSA and/or RS256; empty (the default) = both
+  milliseconds leeway{60'000};          // clock skew allowed on exp/nbf/iat; 0..5m
+};
+
 // What a route answers with.
 struct StaticTarget {
   std::uint16_t status = 200;               // 100..599
@@ -263,6 +295,9 @@ struct Route {
   Target target;                     // target.function must name a Config::functions entry
                                      // when set (checked)
   ApiKeyMode api_key = ApiKeyMode::kNone;  // YAML api_key: none | optional | required
+  RouteAuth auth = RouteAuth::kApiKey;     // YAML auth: api_key | jwt (jwt excludes api_key:
+                                           // optional/required, and needs the jwt block)
+  JwtAuthorizerConfig jwt;                 // with auth: jwt only (checked)
   RateConfig throttle;                     // the route, all callers together; unset = no limit
   std::uint32_t concurrency = 0;           // most in flight; 0 = unlimited; 0..1000000
   PolicyRef policy;                        // resource policy for gatehouse:Invoke; none = see
@@ -285,6 +320,70 @@ struct Upstream {
   milliseconds timeout{30'000};         // whole response; 1..3600000
   std::uint32_t max_idle = 64;          // idle keep-alive connections kept per worker; 0..10000
   std::uint64_t max_response_bytes = std::uint64_t{10} * 1024 * 1024;  // 0..4 GiB
+};
+
+// A user pool's password rules (checked at sign-up). Passwords are 1..1024 bytes in any case.
+struct PasswordPolicy {
+  std::uint32_t min_length = 12;  // bytes; 6..256
+  bool require_lowercase = false;
+  bool require_uppercase = false;
+  bool require_digits = false;
+  bool require_symbols = false;  // any printable ASCII that is not a letter, digit or space
+};
+
+// Token lifetimes of a user pool.
+struct TokenLifetimes {
+  milliseconds access{3'600'000};           // 5m..24h
+  milliseconds id{3'600'000};               // 5m..24h
+  milliseconds refresh{30LL * 86'400'000};  // 1h..87600h (10 years); default 720h
+};
+
+// Failed sign-ins, counted per user and per client IP: after `free_attempts` failures, each
+// further failure locks that user (or IP) out of sign-in for base_delay * 2^(n - 1) (n = failures
+// past the free ones), capped at max_delay; an attempt during a lock-out is refused with 429 and
+// Retry-After without checking the password. A success clears the user's count; counts are
+// forgotten reset_after the last failure. In memory (a restart forgets them).
+struct SignInThrottle {
+  std::uint32_t free_attempts = 5;      // 0..1000
+  milliseconds base_delay{1'000};       // 1ms..1h
+  milliseconds max_delay{900'000};      // base_delay..24h
+  milliseconds reset_after{3'600'000};  // 1s..168h
+};
+
+// argon2id cost for new password hashes (libsodium crypto_pwhash); hashes keep their own
+// parameters, and a sign-in rehashes a password whose hash used other ones.
+struct Argon2Config {
+  std::uint32_t ops_limit = 2;                             // passes; 1..20
+  std::uint64_t memory = std::uint64_t{64} * 1024 * 1024;  // bytes; 8KiB..1GiB
+};
+
+// A user pool (YAML user_pools[]): users who sign up and sign in for tokens (docs/identity.md).
+struct UserPool {
+  std::string name;    // [A-Za-z0-9_-]{1,64}, unique; required
+  std::string issuer;  // the tokens' "iss"; "" = http://<server.listen><path_prefix>/<name>
+                       // (localhost for a wildcard listen host); 1..1024 bytes
+  std::string signing_alg = "EdDSA";  // EdDSA | RS256: the algorithm of new signing keys
+  std::string confirmation = "auto";  // auto | admin: who confirms a sign-up
+  std::vector<std::string> clients;   // app client ids allowed to sign in ("aud" of ID tokens,
+                                      // "client_id" of access tokens); 1..100, names; required
+  PasswordPolicy password_policy;
+  TokenLifetimes tokens;
+  SignInThrottle sign_in_throttle;
+  Argon2Config argon2;
+  int line = 0;  // 1-based line where it was declared, for messages
+};
+
+// Identity settings shared by user pools and JWT authorizers.
+struct IdentityConfig {
+  std::string account_id = "000000000000";  // the <account> and <region> of user ARNs: copies
+  std::string region = "us-east-1";         // of Config::account_id / region made at load
+  std::string path_prefix = "/auth";        // user pool endpoints: <prefix>/<pool>/signin ...
+  std::uint32_t hash_threads = 1;           // threads running argon2id; 1..64 (restart)
+  std::uint32_t max_pending = 64;           // sign-ups/sign-ins queued for them; past it 503
+                                            // IdentityBusy; 1..100000
+  milliseconds jwks_refresh{300'000};       // file and url key sets are re-read this often;
+                                            // 1s..24h (an unknown kid triggers an early
+                                            // re-read, at most every 10 s)
 };
 
 struct AdminConfig {
@@ -330,6 +429,8 @@ struct Config {
   std::vector<NamedPolicy> policies;        // at most 1000
   std::vector<Role> roles;                  // at most 1000
   AuthorizationConfig authorization;
+  IdentityConfig identity;
+  std::vector<UserPool> user_pools;  // at most 100
 
   // The upstream called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const Upstream* find_upstream(std::string_view name) const;
@@ -339,6 +440,8 @@ struct Config {
   [[nodiscard]] const FunctionConfig* find_function(std::string_view name) const;
   // The role called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const Role* find_role(std::string_view name) const;
+  // The user pool called `name`, or nullptr. Linear; the pointer lives as long as this Config.
+  [[nodiscard]] const UserPool* find_user_pool(std::string_view name) const;
 };
 
 // One problem found in a config file.

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <span>
@@ -1012,6 +1013,149 @@ void decode_api_key(Walker& w, const Field<Route>& f, const Value& v, const std:
   }
 }
 
+// A string that must be one of `allowed`; nullopt (and one error listing them) otherwise.
+template <class S>
+std::optional<std::string> one_of(Walker& w, const Field<S>& f, const Value& v,
+                                  const std::string& path,
+                                  std::initializer_list<std::string_view> allowed) {
+  auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return std::nullopt;
+  }
+  if (std::find(allowed.begin(), allowed.end(), *s) != allowed.end()) {
+    return s;
+  }
+  std::string list;
+  for (std::string_view a : allowed) {
+    list += (list.empty() ? "" : ", ") + std::string(a);
+  }
+  w.error(v.pos, path, "'" + printable(*s) + "' is not one of " + list);
+  return std::nullopt;
+}
+
+void decode_route_auth(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
+                       Route& out) {
+  if (const auto s = one_of(w, f, v, path, {"api_key", "jwt"})) {
+    out.auth = *s == "jwt" ? RouteAuth::kJwt : RouteAuth::kApiKey;
+  }
+}
+
+// A JWKS URL must stay on this machine: the gateway fetches it, and a configurable fetch of any
+// host would be a server-side request forgery waiting for a config mistake.
+bool is_loopback_host(std::string_view host) {
+  if (host == "localhost" || host == "::1") {
+    return true;
+  }
+  if (!host.starts_with("127.")) {
+    return false;
+  }
+  int dots = 0;
+  for (char c : host) {
+    if (c == '.') {
+      ++dots;
+    } else if (c < '0' || c > '9') {
+      return false;
+    }
+  }
+  return dots == 3;
+}
+
+// jwt.jwks: "pool NAME", "file PATH" or "url http://127.0.0.1:PORT/PATH".
+void decode_jwks(Walker& w, const Field<JwtAuthorizerConfig>& f, const Value& v,
+                 const std::string& path, JwtAuthorizerConfig& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  const std::string_view text = *s;
+  const std::size_t space = text.find(' ');
+  const std::string_view kind = text.substr(0, space);
+  std::string_view rest = space == std::string_view::npos ? std::string_view() : text.substr(space);
+  while (!rest.empty() && rest.front() == ' ') {
+    rest.remove_prefix(1);
+  }
+  constexpr std::string_view kShape =
+      "expected 'pool NAME', 'file PATH' or 'url http://127.0.0.1:PORT/PATH'";
+  if (rest.empty() || (kind != "pool" && kind != "file" && kind != "url")) {
+    w.error(v.pos, path, std::string(kShape) + ", got '" + printable(text) + "'");
+    return;
+  }
+  if (kind == "pool") {
+    if (rest.size() > 64 || !is_name(rest)) {
+      w.error(v.pos, path, "'" + printable(rest) + "' is not a valid user pool name");
+      return;
+    }
+    out.source = JwksSource::kPool;
+  } else if (kind == "file") {
+    out.source = JwksSource::kFile;
+  } else {
+    auto url = parse_upstream_url(rest);
+    if (!url) {
+      w.error(v.pos, path, url.error());
+      return;
+    }
+    if (!is_loopback_host(url->host)) {
+      w.error(v.pos, path,
+              "JWKS URLs must be on loopback (127.0.0.0/8, ::1 or localhost), got host '" +
+                  printable(url->host) + "'");
+      return;
+    }
+    out.source = JwksSource::kUrl;
+    out.url_host = url->host;
+    out.url_port = url->port;
+    out.url_path = url->base_path.empty() ? "/" : url->base_path;
+  }
+  out.jwks = std::string(kind) + " " + std::string(rest);
+  out.location = std::string(rest);
+}
+
+void decode_token_use(Walker& w, const Field<JwtAuthorizerConfig>& f, const Value& v,
+                      const std::string& path, JwtAuthorizerConfig& out) {
+  if (auto s = one_of(w, f, v, path, {"access", "id", "any"})) {
+    out.token_use = std::move(*s);
+  }
+}
+
+// The algorithms a JWT authorizer accepts: EdDSA and RS256 only, with a reason for the others.
+void decode_algorithms(Walker& w, const Field<JwtAuthorizerConfig>& f, const Value& v,
+                       const std::string& path, JwtAuthorizerConfig& out) {
+  std::vector<std::string> algs;
+  decode_string_list(w, f, v, path, algs);
+  for (std::size_t i = 0; i < algs.size(); ++i) {
+    const std::string& a = algs[i];
+    const std::string item = v.node.IsSequence() ? index_path(path, i) : path;
+    const Position pos = v.node.IsSequence() ? w.position(item) : v.pos;
+    if (a == "EdDSA" || a == "RS256") {
+      out.algorithms.push_back(a);
+    } else if (a.empty()) {
+      continue;  // already reported
+    } else if (a == "none" || a == "None" || a == "NONE") {
+      w.error(pos, item, "'none' is never accepted: a token must be signed");
+    } else if (a.size() >= 2 && (a[0] == 'H' || a[0] == 'h') && (a[1] == 'S' || a[1] == 's')) {
+      w.error(pos, item,
+              "'" + printable(a) +
+                  "' is refused: an HMAC algorithm would let anyone holding the public key sign "
+                  "tokens; use EdDSA or RS256");
+    } else {
+      w.error(pos, item, "'" + printable(a) + "' is not one of EdDSA, RS256");
+    }
+  }
+}
+
+void decode_signing_alg(Walker& w, const Field<UserPool>& f, const Value& v,
+                        const std::string& path, UserPool& out) {
+  if (auto s = one_of(w, f, v, path, {"EdDSA", "RS256"})) {
+    out.signing_alg = std::move(*s);
+  }
+}
+
+void decode_confirmation(Walker& w, const Field<UserPool>& f, const Value& v,
+                         const std::string& path, UserPool& out) {
+  if (auto s = one_of(w, f, v, path, {"auto", "admin"})) {
+    out.confirmation = std::move(*s);
+  }
+}
+
 void decode_rate(Walker& w, const Field<RateConfig>& f, const Value& v, const std::string& path,
                  RateConfig& out) {
   if (const auto rate = w.rate(v, path, f.min, f.max)) {
@@ -1597,6 +1741,29 @@ constexpr std::array kTargetFields{
     custom<Target>("payload_format", Kind::kString, &decode_payload_format, 1, 8, Format::kLine),
 };
 
+constexpr std::array kJwtFields{
+    custom<JwtAuthorizerConfig>("jwks", Kind::kString, &decode_jwks, 1, 4096, Format::kLine,
+                                /*required=*/true),
+    string("issuer", &JwtAuthorizerConfig::issuer, 1, 1024, Format::kLine),
+    Field<JwtAuthorizerConfig>{.key = "audience",
+                               .kind = Kind::kStringList,
+                               .slot = &JwtAuthorizerConfig::audience,
+                               .min = 0,
+                               .max = 100,
+                               .format = Format::kLine},
+    custom<JwtAuthorizerConfig>("token_use", Kind::kString, &decode_token_use, 1, 16,
+                                Format::kLine),
+    Field<JwtAuthorizerConfig>{.key = "scopes",
+                               .kind = Kind::kStringList,
+                               .slot = &JwtAuthorizerConfig::scopes,
+                               .min = 0,
+                               .max = 100,
+                               .format = Format::kLine},
+    custom<JwtAuthorizerConfig>("algorithms", Kind::kStringList, &decode_algorithms, 0, 16,
+                                Format::kLine),
+    duration("leeway", &JwtAuthorizerConfig::leeway, 0ms, 5min),
+};
+
 // A target is exactly one of static, http or function.
 void decode_target(Walker& w, const Field<Route>& /*f*/, const Value& v, const std::string& path,
                    Route& out) {
@@ -1642,6 +1809,8 @@ constexpr std::array kRouteFields{
                  .required = true,
                  .describe = &describe_table<kTargetFields>},
     custom<Route>("api_key", Kind::kString, &decode_api_key, 1, 64, Format::kLine),
+    custom<Route>("auth", Kind::kString, &decode_route_auth, 1, 64, Format::kLine),
+    section<&Route::jwt, kJwtFields>("jwt"),
     throttle<&Route::throttle>("throttle"),
     integer("concurrency", &Route::concurrency, 0, 1'000'000),
     custom<Route>("policy", Kind::kString, &decode_policy_ref<Route>, 1, 64, Format::kName),
@@ -1734,6 +1903,57 @@ constexpr std::array kPlanFields{
     policy_names(&Plan::policies),
 };
 
+constexpr std::array kIdentityFields{
+    string("path_prefix", &IdentityConfig::path_prefix, 1, 1024, Format::kPrefix),
+    integer("hash_threads", &IdentityConfig::hash_threads, 1, 64),
+    integer("max_pending", &IdentityConfig::max_pending, 1, 100'000),
+    duration("jwks_refresh", &IdentityConfig::jwks_refresh, 1s, 24h),
+};
+
+constexpr std::array kPasswordPolicyFields{
+    integer("min_length", &PasswordPolicy::min_length, 6, 256),
+    boolean("require_lowercase", &PasswordPolicy::require_lowercase),
+    boolean("require_uppercase", &PasswordPolicy::require_uppercase),
+    boolean("require_digits", &PasswordPolicy::require_digits),
+    boolean("require_symbols", &PasswordPolicy::require_symbols),
+};
+
+constexpr std::array kTokenLifetimeFields{
+    duration("access", &TokenLifetimes::access, 5min, 24h),
+    duration("id", &TokenLifetimes::id, 5min, 24h),
+    duration("refresh", &TokenLifetimes::refresh, 1h, 87'600h),
+};
+
+constexpr std::array kSignInThrottleFields{
+    integer("free_attempts", &SignInThrottle::free_attempts, 0, 1000),
+    duration("base_delay", &SignInThrottle::base_delay, 1ms, 1h),
+    duration("max_delay", &SignInThrottle::max_delay, 1ms, 24h),
+    duration("reset_after", &SignInThrottle::reset_after, 1s, 168h),
+};
+
+constexpr std::array kArgon2Fields{
+    integer("ops_limit", &Argon2Config::ops_limit, 1, 20),
+    size("memory", &Argon2Config::memory, 8 * kKiB, 1 * kGiB),
+};
+
+constexpr std::array kUserPoolFields{
+    string("name", &UserPool::name, 1, 64, Format::kName, /*required=*/true),
+    string("issuer", &UserPool::issuer, 1, 1024, Format::kLine),
+    custom<UserPool>("signing_alg", Kind::kString, &decode_signing_alg, 1, 16, Format::kLine),
+    custom<UserPool>("confirmation", Kind::kString, &decode_confirmation, 1, 16, Format::kLine),
+    Field<UserPool>{.key = "clients",
+                    .kind = Kind::kStringList,
+                    .slot = &UserPool::clients,
+                    .min = 1,
+                    .max = 100,
+                    .format = Format::kName,
+                    .required = true},
+    section<&UserPool::password_policy, kPasswordPolicyFields>("password_policy"),
+    section<&UserPool::tokens, kTokenLifetimeFields>("tokens"),
+    section<&UserPool::sign_in_throttle, kSignInThrottleFields>("sign_in_throttle"),
+    section<&UserPool::argon2, kArgon2Fields>("argon2"),
+};
+
 constexpr std::array kConfigFields{
     section<&Config::server, kServerFields>("server"),
     section<&Config::limits, kLimitsFields>("limits"),
@@ -1753,6 +1973,8 @@ constexpr std::array kConfigFields{
     list<&Config::policies, kPolicyFields>("policies", 1000),
     list<&Config::roles, kRoleFields>("roles", 1000),
     section<&Config::authorization, kAuthorizationFields>("authorization"),
+    section<&Config::identity, kIdentityFields>("identity"),
+    list<&Config::user_pools, kUserPoolFields>("user_pools", 100),
 };
 
 // Bounds must fit the member they land in, and tables must fit the 64-bit `seen` mask.
@@ -1806,6 +2028,13 @@ static_assert(well_formed(kPlanFields));
 static_assert(well_formed(kPolicyFields));
 static_assert(well_formed(kRoleFields));
 static_assert(well_formed(kAuthorizationFields));
+static_assert(well_formed(kJwtFields));
+static_assert(well_formed(kIdentityFields));
+static_assert(well_formed(kPasswordPolicyFields));
+static_assert(well_formed(kTokenLifetimeFields));
+static_assert(well_formed(kSignInThrottleFields));
+static_assert(well_formed(kArgon2Fields));
+static_assert(well_formed(kUserPoolFields));
 static_assert(well_formed(kConfigFields));
 
 // ---------------------------------------------------------------------------------------------

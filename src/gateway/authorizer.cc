@@ -172,6 +172,56 @@ std::uint32_t incoming_depth(const http::Request& req) noexcept {
   return n;
 }
 
+namespace {
+// A JWT route's verified claims (docs/identity.md, "Principal and claims"): jwt:<claim> for
+// every claim, and for user pool tokens cognito-identity.amazonaws.com:sub and :aud, aws:userid
+// and aws:username (<pool>/<username>). Keys of an earlier request's claims are made absent.
+void fill_claims(const RequestContext& ctx, policy::Context& out) {
+  constexpr std::string_view kJwt = "jwt:";
+  constexpr std::string_view kCognito = "cognito-identity.amazonaws.com:";
+  out.clear_prefix(kJwt);
+  out.clear_prefix(kCognito);
+  if (ctx.principal.kind != "user") {
+    return;
+  }
+  thread_local std::string key;
+  std::string_view sub;
+  std::string_view aud;
+  std::string_view username;
+  for (const auto& [name, value] : ctx.claims) {
+    key.assign(kJwt);
+    key.append(name);
+    out.append(key, value);
+    if (name == "sub") {
+      sub = value;
+    } else if (name == "client_id" || (name == "aud" && aud.empty())) {
+      aud = value;  // an access token's client_id, an ID token's aud
+    } else if (name == "username" || (name == "cognito:username" && username.empty())) {
+      username = value;
+    }
+  }
+  set_or_clear(out, "aws:userid", sub);
+  if (ctx.user_pool.empty()) {
+    out.clear("aws:username");
+    return;
+  }
+  key.assign(kCognito);
+  key.append("sub");
+  set_or_clear(out, key, sub);
+  key.assign(kCognito);
+  key.append("aud");
+  set_or_clear(out, key, aud);
+  if (username.empty()) {
+    out.clear("aws:username");
+  } else {
+    key.assign(ctx.user_pool);
+    key.push_back('/');
+    key.append(username);
+    out.assign("aws:username", key);
+  }
+}
+}  // namespace
+
 void fill_context(const RequestContext& ctx, policy::Context& out) {
   const policy::Context& now = time_keys();
   for (std::string_view key : {"aws:CurrentTime", "aws:EpochTime"}) {
@@ -182,6 +232,7 @@ void fill_context(const RequestContext& ctx, policy::Context& out) {
   const auth::ApiKey* key = ctx.api_key;
   set_or_clear(out, "aws:username", key != nullptr ? std::string_view(key->name) : "");
   set_or_clear(out, "aws:userid", key != nullptr ? std::string_view(key->id) : "");
+  fill_claims(ctx, out);
   out.assign("aws:PrincipalType", principal_type(ctx.principal.kind));
   out.assign("gatehouse:SourceKind", "route");
   // ctx.match is only meaningful once a route matched (builtins leave the previous one there);

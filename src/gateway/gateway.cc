@@ -21,6 +21,7 @@
 
 #include "gateway/authorizer.h"
 #include "gateway/function_target.h"
+#include "gateway/identity_service.h"
 #include "gateway/limiter.h"
 #include "gateway/metrics.h"
 #include "gateway/proxy.h"
@@ -52,6 +53,7 @@ struct Snapshot {
   std::unique_ptr<http::Router> router;
   std::shared_ptr<const LimitTable> limits;
   std::shared_ptr<const AuthzTable> authz;  // shares the policies of `config`
+  std::shared_ptr<const CompiledIdentity> identity;  // JWT rules, user pool endpoints
   std::vector<RouteEntry> routes;
   steady_clock::time_point loaded_at = steady_clock::now();
   std::uint64_t generation = 0;
@@ -134,7 +136,8 @@ core::Result<net::ip::tcp::endpoint> resolve(const std::string& host, std::uint1
 }
 
 core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metrics& metrics,
-                                                      Limiter& limiter, std::uint64_t generation) {
+                                                      Limiter& limiter, IdentityService& identity,
+                                                      std::uint64_t generation) {
   auto snap = std::make_shared<Snapshot>();
   snap->config = std::move(cfg);
   snap->generation = generation;
@@ -196,6 +199,12 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
     }
     snap->routes.push_back(std::move(e));
   }
+  // Last: it loads `file` key sets into their slots, which only a config that compiled should.
+  auto ci = identity.compile(c);
+  if (!ci) {
+    return tl::unexpected(ci.error());
+  }
+  snap->identity = std::move(*ci);
   return std::shared_ptr<const Snapshot>(std::move(snap));
 }
 
@@ -235,7 +244,13 @@ struct Conn final : http::ConnectionState {
   std::shared_ptr<const Snapshot> snapshot;  // swapped between requests when a reload lands
   RequestContext ctx;
   bool admitted = false;  // throttle admitted: release on completion
-  enum class Builtin : std::uint8_t { kNone, kHealth, kMetrics, kAdmin } builtin = Builtin::kNone;
+  enum class Builtin : std::uint8_t {
+    kNone,
+    kHealth,
+    kMetrics,
+    kAdmin,
+    kIdentity
+  } builtin = Builtin::kNone;
 };
 
 class Pipeline final : public http::Handler {
@@ -305,18 +320,41 @@ class Pipeline final : public http::Handler {
   std::vector<PerWorker> current_;
 };
 
+// The built-in authenticate stage: API keys (the limiter) for every route, then the JWT
+// authorizer for routes with auth: jwt.
+class RouteAuthenticator final : public Authenticator {
+ public:
+  RouteAuthenticator(Authenticator& api_keys, IdentityService& identity)
+      : api_keys_(api_keys), identity_(identity) {}
+  Verdict authenticate(RequestContext& ctx, Refusal& out) override {
+    if (api_keys_.authenticate(ctx, out) == Verdict::kRefuse) {
+      return Verdict::kRefuse;
+    }
+    if (ctx.route == nullptr || ctx.route->route->auth != config::RouteAuth::kJwt) {
+      return Verdict::kContinue;
+    }
+    return identity_.authenticate(*ctx.snapshot->identity, ctx, out);
+  }
+
+ private:
+  Authenticator& api_keys_;
+  IdentityService& identity_;
+};
+
 class GatewayImpl final : public Gateway {
  public:
   GatewayImpl(Stages stages, std::unique_ptr<store::Store> store, unsigned workers)
       : stages_(std::move(stages)),
         store_(std::move(store)),
         limiter_(std::make_unique<Limiter>(*store_, core::system_clock(), workers)),
+        identity_(std::make_unique<IdentityService>(*store_, core::system_clock(), workers)),
+        route_auth_(*limiter_, *identity_),
         metrics_(workers),
         proxy_(workers),
         pipeline_(*this, workers) {
     policy_authorize_ = std::make_unique<PolicyAuthorizer>();
     pass_guard_ = no_guard();
-    authenticate_ = stages_.authenticate ? stages_.authenticate.get() : limiter_.get();
+    authenticate_ = stages_.authenticate ? stages_.authenticate.get() : &route_auth_;
     authorize_ = stages_.authorize ? stages_.authorize.get() : policy_authorize_.get();
     throttle_ = stages_.throttle ? stages_.throttle.get() : limiter_.get();
     guard_ = stages_.guard ? stages_.guard.get() : pass_guard_.get();
@@ -341,12 +379,15 @@ class GatewayImpl final : public Gateway {
 
   core::Result<void> init(config::Config config) {
     setup_access_log(config.log);
-    auto snap = compile(std::move(config), metrics_, *limiter_, ++generation_);
+    auto snap = compile(std::move(config), metrics_, *limiter_, *identity_, ++generation_);
     if (!snap) {
       return tl::unexpected(snap.error());
     }
     snapshot_ = *snap;
     limiter_->activate(snapshot_->limits);
+    if (auto r = identity_->activate(snapshot_->config); !r) {
+      return r;
+    }
     auto rt = runtime::Runtime::create(snapshot_->config);
     if (!rt) {
       return tl::unexpected(rt.error());
@@ -364,6 +405,8 @@ class GatewayImpl final : public Gateway {
     if (!l) {
       return l;
     }
+    identity_->start(
+        [this](std::function<void(unsigned)> fn) { server_->run_on_all_workers(std::move(fn)); });
     auto r = server_->start();
     if (r) {
       spdlog::info("gatehouse listening on {}:{} with {} workers, {} routes",
@@ -384,10 +427,15 @@ class GatewayImpl final : public Gateway {
           "reload: server.listen, server.threads, store.state and log.access_log take "
           "effect only after a restart; the running values stay");
     }
-    auto snap = compile(std::move(config), metrics_, *limiter_, generation_ + 1);
+    auto snap = compile(std::move(config), metrics_, *limiter_, *identity_, generation_ + 1);
     if (!snap) {
       reloads_failed_.fetch_add(1);
       return tl::unexpected(snap.error());
+    }
+    // Pools and key sets first: the workers get them before the snapshot that uses them.
+    if (auto r = identity_->activate((*snap)->config); !r) {
+      reloads_failed_.fetch_add(1);
+      return r;
     }
     ++generation_;
     snapshot_ = *snap;
@@ -459,6 +507,7 @@ class GatewayImpl final : public Gateway {
     }
     server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
     runtime_->stop();  // after the drain: invocations in flight had the grace period to finish
+    identity_->stop();  // hashing work in flight finishes; its replies go nowhere now
     limiter_->stop();  // writes the last quota counts
     spdlog::info("stopped");
     if (access_) {
@@ -494,6 +543,7 @@ class GatewayImpl final : public Gateway {
     out += "# TYPE gatehouse_bugs_total counter\n";
     out += "gatehouse_bugs_total " + std::to_string(st.bugs) + "\n";
     out += runtime_->metrics_text();
+    identity_->metrics(out);
     return out;
   }
 
@@ -714,6 +764,12 @@ class GatewayImpl final : public Gateway {
   }
 
   Authenticator& authenticator() { return *authenticate_; }
+  IdentityService& identity() { return *identity_; }
+  // Blocking pool: the identity admin API (user pools, keys).
+  AdminReply admin_identity(const std::string& method, const std::string& sub) {
+    IdentityAdminReply r = identity_->admin(method, sub);
+    return AdminReply{r.status, std::move(r.code), std::move(r.body)};
+  }
   Authorizer& authorizer() { return *authorize_; }
   Throttle& throttle() { return *throttle_; }
   Guard& guard() { return *guard_; }
@@ -746,6 +802,8 @@ class GatewayImpl final : public Gateway {
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Limiter> limiter_;
   std::unique_ptr<Authorizer> policy_authorize_;
+  std::unique_ptr<IdentityService> identity_;  // stopped in stop(), before server_ goes
+  RouteAuthenticator route_auth_;
   std::unique_ptr<Guard> pass_guard_;
   Authenticator* authenticate_ = nullptr;  // the stages in effect (owned above)
   Authorizer* authorize_ = nullptr;
@@ -791,6 +849,9 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.function = {};
   ctx.started = ex.started();
   ctx.authz = s.authz.get();
+  ctx.principal_arn.clear();
+  ctx.user_pool = {};
+  ctx.claims.clear();
   c.admitted = false;
   c.builtin = Conn::Builtin::kNone;
 
@@ -805,6 +866,9 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
              (req.path.size() == admin.admin_prefix.size() ||
               req.path[admin.admin_prefix.size()] == '/')) {
     c.builtin = Conn::Builtin::kAdmin;
+  } else if (IdentityService::owns(*s.identity, req.path)) {
+    c.builtin = Conn::Builtin::kIdentity;
+    return gw_.identity().on_headers(*s.identity, ex);
   }
   if (c.builtin != Conn::Builtin::kNone) {
     return c.builtin == Conn::Builtin::kAdmin ? http::Step::kReadBody : builtin(ex, c);
@@ -924,6 +988,9 @@ void Pipeline::retry_waiting(unsigned w) {
 
 http::Step Pipeline::on_request(http::Exchange& ex) {
   auto& c = static_cast<Conn&>(ex.state());
+  if (c.builtin == Conn::Builtin::kIdentity) {
+    return gw_.identity().on_request(*c.snapshot->identity, ex);
+  }
   if (c.builtin != Conn::Builtin::kNone) {
     return builtin(ex, c);
   }
@@ -1036,6 +1103,9 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
                          std::chrono::system_clock::now().time_since_epoch())
                          .count();
   ev.match = &c.ctx.match;
+  if (route.auth == config::RouteAuth::kJwt) {
+    ev.jwt_claims = &c.ctx.claims;
+  }
   const config::PayloadFormat format = route.target.payload_format;
   inv.payload = build_event(format, req, ev);
   gw_.invoke(ex, std::move(inv), [this, format](http::Exchange& x, runtime::InvokeResult r) {
@@ -1260,14 +1330,17 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
         });
         return http::Step::kPending;
       }
-      if (sub == "/keys" || sub.rfind("/keys/", 0) == 0) {
+      const bool identity_admin = sub.starts_with("/user-pools/");
+      if (sub == "/keys" || sub.rfind("/keys/", 0) == 0 || identity_admin) {
         auto* ioc = static_cast<net::io_context*>(ex.io_context());
         auto token = ex.keep_alive_token();
         gw_.run_blocking(
             *ioc,
             [this, method = std::string(req.method), sub = std::string(sub),
-             body = std::string(req.body),
-             snap = c.snapshot] { return gw_.admin_keys(method, sub, body, snap); },
+             body = std::string(req.body), snap = c.snapshot, identity_admin] {
+              return identity_admin ? gw_.admin_identity(method, sub)
+                                    : gw_.admin_keys(method, sub, body, snap);
+            },
             [&ex, token](GatewayImpl::AdminReply r) {
               if (r.status < 400) {
                 http::ResponseWriter rw(ex.out());
@@ -1293,6 +1366,7 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
       return refuse(ex, c, Refusal{404, "NotFound", "no such admin endpoint", {}});
     }
     case Conn::Builtin::kNone:
+    case Conn::Builtin::kIdentity:
       break;
   }
   return refuse(ex, c, Refusal{500, "InternalError", "unreachable", {}});

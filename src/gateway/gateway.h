@@ -16,6 +16,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "config/config.h"
 #include "core/core.h"
@@ -68,8 +70,15 @@ struct RequestContext {
   std::array<limits::Gate*, 3> gates{};   // concurrency gates entered by the throttle
   std::uint8_t gate_count = 0;
   const AuthzTable* authz = nullptr;  // the snapshot's compiled authorization
-  std::string principal_arn;          // storage for principal.id when a stage builds it
-                                      // (reused per connection: no allocation once warm)
+  // Storage for principal.id when a stage builds it (the API-key check, the JWT authenticator;
+  // reused per connection: no allocation once warm).
+  std::string principal_arn;
+  // Set by the JWT authenticator (routes with auth: jwt), cleared per request: the user pool that
+  // issued the token ("" for an external issuer) and the verified token's claims, one
+  // (name, value) pair per value; the authorize stage turns them into the policy condition keys
+  // docs/identity.md lists (jwt:<name>, cognito-identity.amazonaws.com:sub ...).
+  std::string_view user_pool;
+  std::vector<std::pair<std::string, std::string>> claims;
 };
 
 // A stage's refusal: status, stable error code and message (both with static storage or owned by

@@ -119,6 +119,24 @@ void Context::clear(std::string_view key) noexcept {
   }
 }
 
+void Context::clear_prefix(std::string_view prefix) noexcept {
+  for (Entry& e : entries_) {
+    if (e.key.size() >= prefix.size() &&
+        detail::iequals(std::string_view(e.key).substr(0, prefix.size()), prefix)) {
+      e.present = false;
+    }
+  }
+}
+
+void Context::append(std::string_view key, std::string_view value) {
+  Entry* e = entry(key);
+  if (e == nullptr || !e->present) {
+    assign(key, value);
+    return;
+  }
+  e->values.emplace_back(value);
+}
+
 const std::vector<std::string>* Context::find(std::string_view key) const noexcept {
   for (const Entry& e : entries_) {
     if (detail::iequals(e.key, key)) {

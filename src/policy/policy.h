@@ -94,6 +94,11 @@ class Context {
   // Makes `key` absent (find() returns nullptr) while keeping its storage for the next assign().
   // No allocation.
   void clear(std::string_view key) noexcept;
+  // Makes every key that starts with `prefix` (case-insensitively) absent, as clear() does.
+  void clear_prefix(std::string_view prefix) noexcept;
+  // Adds `value` to `key`: its only value when the key is absent, reusing storage as assign()
+  // does; one more value otherwise.
+  void append(std::string_view key, std::string_view value);
   // The values of `key`, or nullptr when the key is absent. Allocation-free.
   [[nodiscard]] const std::vector<std::string>* find(std::string_view key) const noexcept;
 

@@ -1018,3 +1018,71 @@ TEST(BadCorpus, IsLargeEnough) { EXPECT_GE(bad_files().size(), 20U); }
 
 }  // namespace
 }  // namespace gatehouse::config
+
+namespace gatehouse::config {
+namespace {
+
+TEST(ConfigIdentity, PoolDefaultsAndJwtRoutes) {
+  auto c = load_string(R"(server: {listen: "0.0.0.0:9000"}
+user_pools:
+  - name: main
+    clients: [web, cli]
+  - name: ext
+    issuer: https://idp.test/ext
+    signing_alg: RS256
+    confirmation: admin
+    clients: [app]
+routes:
+  - path: /me
+    method: GET
+    auth: jwt
+    jwt: {jwks: pool main, token_use: id, algorithms: EdDSA}
+    target: {static: {body: me}}
+  - path: /ext
+    method: GET
+    auth: jwt
+    jwt:
+      jwks: url http://127.0.0.1:9999/keys
+      issuer: https://idp.test
+      audience: api
+      scopes: [read, write]
+    target: {static: {body: ext}}
+  - path: /file
+    method: GET
+    auth: jwt
+    jwt: {jwks: "file  ./keys.json", issuer: x, audience: [a, b]}
+    target: {static: {body: f}}
+)",
+                       "t.yaml");
+  ASSERT_TRUE(c) << c.error().front().to_string();
+  ASSERT_EQ(c->user_pools.size(), 2U);
+  EXPECT_EQ(c->user_pools[0].issuer, "http://localhost:9000/auth/main");
+  EXPECT_EQ(c->user_pools[0].signing_alg, "EdDSA");
+  EXPECT_EQ(c->user_pools[0].confirmation, "auto");
+  EXPECT_EQ(c->user_pools[1].issuer, "https://idp.test/ext");
+  EXPECT_EQ(c->find_user_pool("ext")->confirmation, "admin");
+  EXPECT_EQ(c->find_user_pool("nope"), nullptr);
+  const Route& me = c->routes[0];
+  EXPECT_EQ(me.auth, RouteAuth::kJwt);
+  EXPECT_EQ(me.jwt.source, JwksSource::kPool);
+  EXPECT_EQ(me.jwt.location, "main");
+  EXPECT_EQ(me.jwt.issuer, "http://localhost:9000/auth/main");
+  EXPECT_EQ(me.jwt.audience, (std::vector<std::string>{"web", "cli"}));
+  EXPECT_EQ(me.jwt.token_use, "id");
+  EXPECT_EQ(me.jwt.algorithms, std::vector<std::string>{"EdDSA"});
+  const Route& ext = c->routes[1];
+  EXPECT_EQ(ext.jwt.source, JwksSource::kUrl);
+  EXPECT_EQ(ext.jwt.url_host, "127.0.0.1");
+  EXPECT_EQ(ext.jwt.url_port, 9999);
+  EXPECT_EQ(ext.jwt.url_path, "/keys");
+  EXPECT_EQ(ext.jwt.jwks, "url http://127.0.0.1:9999/keys");
+  EXPECT_EQ(ext.jwt.audience, std::vector<std::string>{"api"});
+  EXPECT_EQ(ext.jwt.token_use, "any");
+  EXPECT_EQ(ext.jwt.leeway, std::chrono::seconds(60));
+  EXPECT_EQ(c->routes[2].jwt.source, JwksSource::kFile);
+  EXPECT_EQ(c->routes[2].jwt.location, "./keys.json");
+  EXPECT_EQ(c->routes[2].jwt.jwks, "file ./keys.json");
+}
+
+}  // namespace
+}  // namespace gatehouse::config
