@@ -12,7 +12,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "core/core.h"
@@ -72,8 +71,24 @@ class KeyRegistry {
 [[nodiscard]] std::string to_json(const ApiKey& key);
 [[nodiscard]] core::Result<ApiKey> from_json(std::string_view json);
 
+// Splits "ghk_<id>_<secret>"; false when malformed.
+[[nodiscard]] bool parse_key(std::string_view presented, std::string_view& id) noexcept;
+// The same, with the id as the 64-bit number its 16 hex digits spell.
+[[nodiscard]] bool parse_key_id(std::string_view presented, std::uint64_t& id) noexcept;
+// A key id (16 lowercase hex digits) as that number; false when malformed.
+[[nodiscard]] bool parse_hex_id(std::string_view id_hex, std::uint64_t& id) noexcept;
+// A stored key hash (64 hex digits) as its 32 raw bytes; false when malformed.
+[[nodiscard]] bool parse_key_hash(std::string_view hex, std::array<unsigned char, 32>& out) noexcept;
+// Mixes a key id with a per-process random seed into a table index (the ids presented are
+// chosen by clients, so the probe sequence must not be predictable).
+[[nodiscard]] std::uint64_t key_slot_hash(std::uint64_t id) noexcept;
+
 // Immutable index: id → entry. T is what the gateway attaches to each key (its limiter state).
-// Thread-safe to share (read-only).
+// Thread-safe to share (read-only) once built.
+//
+// Lookups touch one cache line for the id and digest (an open-addressed table of 64-byte
+// slots), then the entry itself: with many keys the index stays cheap because a verification
+// does not chase strings on the heap.
 template <class T>
 class KeyIndex {
  public:
@@ -82,48 +97,101 @@ class KeyIndex {
     T* state = nullptr;  // owned elsewhere; outlives the index
   };
 
-  void add(ApiKey key, T* state) {
-    auto id = key.id;
-    entries_.emplace(std::move(id), Entry{std::move(key), state});
-  }
+  // Revoked or malformed records are kept out of the table (verify() never finds them).
+  void add(ApiKey key, T* state);
 
   // The entry for a presented key, or nullptr when it is malformed, unknown or revoked. The
-  // hash comparison is constant-time; the id lookup is not secret.
+  // digest comparison is constant-time; the id lookup is not secret.
   [[nodiscard]] const Entry* verify(std::string_view presented) const;
 
   [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
 
  private:
-  // Transparent hashing: verify() looks ids up by string_view, with no temporary std::string
-  // (a 16-character id is one past the small-string buffer and would allocate per request).
-  struct IdHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
-      return std::hash<std::string_view>{}(s);
-    }
+  struct alignas(64) Slot {
+    std::uint64_t id = 0;
+    std::uint32_t entry = kEmpty;  // index into entries_
+    std::array<unsigned char, 32> digest{};
   };
-  std::unordered_map<std::string, Entry, IdHash, std::equal_to<>> entries_;
+  static constexpr std::uint32_t kEmpty = 0xffffffffu;
+
+  void insert(std::uint64_t id, std::uint32_t entry, const std::array<unsigned char, 32>& digest);
+  void grow();
+
+  std::vector<Entry> entries_;
+  std::vector<Slot> slots_;  // size a power of two, at most half full
+  std::size_t used_ = 0;
 };
 
-// Splits "ghk_<id>_<secret>"; false when malformed.
-[[nodiscard]] bool parse_key(std::string_view presented, std::string_view& id) noexcept;
+template <class T>
+void KeyIndex<T>::add(ApiKey key, T* state) {
+  std::uint64_t id = 0;
+  std::array<unsigned char, 32> digest{};
+  const bool indexable =
+      !key.revoked && parse_hex_id(key.id, id) && parse_key_hash(key.hash, digest);
+  entries_.push_back(Entry{std::move(key), state});
+  if (!indexable) {
+    return;
+  }
+  if ((used_ + 1) * 2 > slots_.size()) {
+    grow();
+  }
+  insert(id, static_cast<std::uint32_t>(entries_.size() - 1), digest);
+}
+
+template <class T>
+void KeyIndex<T>::insert(std::uint64_t id, std::uint32_t entry,
+                         const std::array<unsigned char, 32>& digest) {
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t i = key_slot_hash(id) & mask;; i = (i + 1) & mask) {
+    Slot& s = slots_[i];
+    if (s.entry == kEmpty) {
+      s = Slot{id, entry, digest};
+      ++used_;
+      return;
+    }
+    if (s.id == id) {  // a duplicate id (cannot happen: ids are unique in the store)
+      s.entry = entry;
+      s.digest = digest;
+      return;
+    }
+  }
+}
+
+template <class T>
+void KeyIndex<T>::grow() {
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(old.empty() ? 16 : old.size() * 2, Slot{});
+  used_ = 0;
+  for (const Slot& s : old) {
+    if (s.entry != kEmpty) {
+      insert(s.id, s.entry, s.digest);
+    }
+  }
+}
 
 template <class T>
 const typename KeyIndex<T>::Entry* KeyIndex<T>::verify(std::string_view presented) const {
-  std::string_view id;
-  if (!parse_key(presented, id)) {
+  std::uint64_t id = 0;
+  if (slots_.empty() || !parse_key_id(presented, id)) {
     return nullptr;
   }
-  const auto it = entries_.find(id);
-  if (it == entries_.end() || it->second.key.revoked) {
-    return nullptr;
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t i = key_slot_hash(id) & mask;; i = (i + 1) & mask) {
+    const Slot& s = slots_[i];
+    if (s.entry == kEmpty) {
+      return nullptr;  // the table is at most half full: a miss ends at an empty slot
+    }
+    if (s.id == id) {
+      std::array<unsigned char, 32> digest;
+      core::sha256(presented, digest);
+      if (!core::constant_time_equal(
+              std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()),
+              std::string_view(reinterpret_cast<const char*>(s.digest.data()), s.digest.size()))) {
+        return nullptr;
+      }
+      return &entries_[s.entry];
+    }
   }
-  std::array<char, 64> hash;
-  core::sha256_hex(presented, hash);
-  if (!core::constant_time_equal(std::string_view(hash.data(), hash.size()), it->second.key.hash)) {
-    return nullptr;
-  }
-  return &it->second;
 }
 
 }  // namespace gatehouse::auth

@@ -15,6 +15,7 @@
 #include "cli/policy_cmd.h"
 #include "config/config.h"
 #include "gateway/gateway.h"
+#include "identity/identity.h"
 #include "runtime/runtime.h"
 #include "store/store.h"
 
@@ -152,14 +153,85 @@ int cmd_keys(const std::string& action, const KeyArgs& a) {
   return 0;
 }
 
-// An invocation from the CLI: the admin, directly.
-gatehouse::runtime::Invocation cli_invocation(const std::string& function,
+struct UserArgs {
+  std::string config = "gatehouse.yaml";
+  std::string pool;
+  std::string user;
+};
+
+// `gatehouse users ...`: user pool administration against the store (a running server sees
+// key rotations within a second, and user changes at once: it reads users from the store).
+int cmd_users(const std::string& action, const UserArgs& a) {
+  gatehouse::config::Config config;
+  auto store = open_store(a.config, config);
+  if (!store) {
+    return 1;
+  }
+  if (config.find_user_pool(a.pool) == nullptr) {
+    std::fprintf(stderr, "gatehouse users: %s defines no user pool '%s'\n", a.config.c_str(),
+                 a.pool.c_str());
+    return 1;
+  }
+  gatehouse::identity::UserPools pools(config, *store, gatehouse::core::system_clock());
+  const auto fail = [](const gatehouse::identity::IdpError& e) {
+    std::fprintf(stderr, "gatehouse users: %s\n", e.message.c_str());
+    return e.status == 404 ? 3 : 1;
+  };
+  const auto print_user = [](const gatehouse::identity::UserRecord& u) {
+    std::printf("%s\t%s\t%s\n", u.username.c_str(), u.sub.c_str(),
+                u.confirmed ? "confirmed" : "unconfirmed");
+  };
+  if (action == "list") {
+    auto users = pools.list_users(a.pool);
+    if (!users) {
+      return fail(users.error());
+    }
+    std::printf("username\tsub\tstatus\n");
+    for (const auto& u : *users) {
+      print_user(u);
+    }
+    return 0;
+  }
+  if (action == "confirm" || action == "signout") {
+    auto u = action == "confirm" ? pools.admin_confirm(a.pool, a.user)
+                                 : pools.admin_sign_out(a.pool, a.user);
+    if (!u) {
+      return fail(u.error());
+    }
+    print_user(*u);
+    return 0;
+  }
+  if (action == "rotate-key") {
+    auto k = pools.rotate_key(a.pool);
+    if (!k) {
+      return fail(k.error());
+    }
+    std::printf("%s\t%s\tactive\n", k->kid.c_str(),
+                std::string(gatehouse::identity::alg_name(k->alg)).c_str());
+    return 0;
+  }
+  auto keys = pools.list_keys(a.pool);
+  if (!keys) {
+    return fail(keys.error());
+  }
+  std::printf("kid\talg\tstatus\n");
+  for (const auto& k : *keys) {
+    std::printf("%s\t%s\t%s\n", k.kid.c_str(),
+                std::string(gatehouse::identity::alg_name(k.alg)).c_str(),
+                k.retired_ms == 0 ? "active" : "retired");
+  }
+  return 0;
+}
+
+// An invocation from the CLI: the operator acts as the admin principal, under admin.policies
+// like the admin API.
+gatehouse::runtime::Invocation cli_invocation(const gatehouse::config::Config& config,
+                                              const std::string& function,
                                               const std::string& payload, unsigned depth) {
   gatehouse::runtime::Invocation inv;
   inv.function = function;
   inv.payload = payload;
-  inv.caller.principal = "admin";
-  inv.caller.source = gatehouse::runtime::SourceKind::kDirect;
+  inv.caller = gatehouse::runtime::admin_caller(config);
   inv.caller.request_id = "cli";
   inv.caller.depth = depth;
   return inv;
@@ -184,7 +256,7 @@ int cmd_invoke(const std::string& config_path, const std::string& function,
     std::fprintf(stderr, "gatehouse invoke: %s\n", rt.error().message.c_str());
     return 1;
   }
-  gatehouse::runtime::Invocation inv = cli_invocation(function, payload, depth);
+  gatehouse::runtime::Invocation inv = cli_invocation(*loaded, function, payload, depth);
   std::promise<gatehouse::runtime::InvokeResult> done;
   auto result = done.get_future();
   (*rt)->invoke(std::move(inv),
@@ -210,7 +282,7 @@ int cmd_invoke_async(const std::string& config_path, const std::string& function
   if (!store) {
     return 1;
   }
-  gatehouse::runtime::Invocation inv = cli_invocation(function, payload, depth);
+  gatehouse::runtime::Invocation inv = cli_invocation(config, function, payload, depth);
   auto r = gatehouse::runtime::enqueue_event(*store, config, inv);
   if (!r) {
     std::fprintf(stderr, "gatehouse invoke: %s (%d %s)\n", r.error().message.c_str(),
@@ -302,6 +374,30 @@ int main(int argc, char** argv) {
       c->callback([&key_action, c] { key_action = c->get_name(); });
     }
 
+    UserArgs user_args;
+    std::string user_action;
+    auto* users = app.add_subcommand("users", "Administer user pools (users and signing keys)");
+    users->require_subcommand(1);
+    auto add_pool = [&](CLI::App* c) {
+      c->add_option("-c,--config", user_args.config, "Configuration file (for store.state)")
+          ->capture_default_str();
+      c->add_option("--pool", user_args.pool, "User pool")->required();
+    };
+    auto* ul = users->add_subcommand("list", "List a pool's users");
+    auto* uc = users->add_subcommand("confirm", "Confirm a user (pools with confirmation: admin)");
+    uc->add_option("user", user_args.user, "Username")->required();
+    auto* us =
+        users->add_subcommand("signout", "Sign a user out everywhere (revokes refresh tokens)");
+    us->add_option("user", user_args.user, "Username")->required();
+    auto* uk = users->add_subcommand("keys", "List a pool's signing keys");
+    auto* ur = users->add_subcommand(
+        "rotate-key",
+        "Make a new signing key active; old ones stay published until their tokens expire");
+    for (auto* c : {ul, uc, us, uk, ur}) {
+      add_pool(c);
+      c->callback([&user_action, c] { user_action = c->get_name(); });
+    }
+
     // `gatehouse policy ...` has its own parser and exit codes (src/cli/policy_cmd.cc); this
     // entry only lists it in --help.
     app.add_subcommand("policy", "Validate IAM policies and simulate decisions")->allow_extras();
@@ -352,6 +448,9 @@ int main(int argc, char** argv) {
     }
     if (*keys) {
       return cmd_keys(key_action, key_args);
+    }
+    if (*users) {
+      return cmd_users(user_action, user_args);
     }
     if (*serve) {
       return cmd_serve(config_path);

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "policy/policy.h"
+
 namespace gatehouse::gateway {
 
 namespace {
@@ -191,6 +193,7 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
     t->plans.emplace(p.name, std::move(cp));
   }
   t->key_header = c.api_keys.header;
+  t->key_arn_prefix = policy::api_key_arn(c.account_id, "");
   return std::shared_ptr<const LimitTable>(t);
 }
 
@@ -400,7 +403,11 @@ Verdict Limiter::authenticate(RequestContext& ctx, Refusal& out) {
   ctx.api_key = &entry->key;
   ctx.key_state = entry->state;
   ctx.plan = &p;
-  ctx.principal = Principal{"api_key", entry->key.id};
+  // The key's principal is named by its id, which is unique and never reused; its name is only
+  // a label (aws:username) that another key may share.
+  ctx.principal_arn.assign(t->key_arn_prefix);
+  ctx.principal_arn.append(entry->key.id);
+  ctx.principal = Principal{"api_key", ctx.principal_arn};
   return Verdict::kContinue;
 }
 

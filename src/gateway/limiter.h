@@ -78,6 +78,7 @@ struct LimitTable {
   std::vector<Route> routes;  // by route index
   std::map<std::string, CompiledPlan, std::less<>> plans;
   std::string key_header;
+  std::string key_arn_prefix;  // arn:gatehouse:iam::<account>:apikey/ (the key id follows)
 };
 
 using KeyTable = auth::KeyIndex<KeyState>;

@@ -16,9 +16,6 @@ namespace gatehouse::runtime::detail {
 // "route:", "trigger:", "workflow:" or "direct:".
 [[nodiscard]] std::string_view source_prefix(SourceKind k);
 
-// Whether `caller` may invoke `f` (see FunctionConfig::invokers).
-[[nodiscard]] bool may_invoke(const config::FunctionConfig& f, const CallerContext& caller);
-
 struct Refusal {
   core::ErrorCode code = core::ErrorCode::kInternal;
   std::string type;  // the Lambda-style error type
@@ -26,7 +23,8 @@ struct Refusal {
 };
 
 // nullopt when `inv` may run against `f` (null: no such function with a runtime); otherwise
-// kNotFound, kRecursiveInvocation (depth over max_depth) or kForbidden.
+// kNotFound, kRecursiveInvocation (depth over max_depth) or kForbidden (authorize_invocation
+// denies it; the message names the deciding statement).
 [[nodiscard]] std::optional<Refusal> refuse(const config::FunctionConfig* f,
                                             std::uint32_t max_depth, const Invocation& inv);
 

@@ -68,6 +68,11 @@ struct Event {
 json::object caller_json(const CallerContext& c) {
   json::object o;
   o["principal"] = c.principal;
+  json::array tags;
+  for (const auto& [k, v] : c.principal_tags) {
+    tags.push_back(json::array{json::string(k), json::string(v)});
+  }
+  o["principal_tags"] = std::move(tags);
   o["source"] = static_cast<int>(c.source);
   o["source_name"] = c.source_name;
   o["detail"] = c.detail;
@@ -100,6 +105,14 @@ std::uint32_t num32(const json::object& o, std::string_view key) {
 CallerContext caller_of(const json::object& o) {
   CallerContext c;
   c.principal = str(o, "principal");
+  if (const auto* tags = o.if_contains("principal_tags"); tags != nullptr && tags->is_array()) {
+    for (const json::value& t : tags->get_array()) {
+      const json::array* kv = t.if_array();
+      if (kv != nullptr && kv->size() == 2 && (*kv)[0].is_string() && (*kv)[1].is_string()) {
+        c.principal_tags.emplace_back((*kv)[0].get_string(), (*kv)[1].get_string());
+      }
+    }
+  }
   c.source = static_cast<SourceKind>(std::clamp<std::int64_t>(num(o, "source"), 0, 3));
   c.source_name = str(o, "source_name");
   c.detail = str(o, "detail");
@@ -241,7 +254,8 @@ std::string dead_letter_json(const DeadLetter& d) {
 }
 
 core::Result<AcceptedEvent> enqueue_event(store::Store& store, const config::Config& config,
-                                          const Invocation& inv) {
+                                          Invocation inv) {
+  inv.authorized_at_accept = false;  // this is where it is decided
   const config::FunctionConfig* f = config.find_function(inv.function);
   if (auto no = detail::refuse(f, config.runtime.max_lineage_depth, inv)) {
     return core::make_error(no->code, std::move(no->message));
@@ -342,6 +356,7 @@ class AsyncInvokerImpl final : public AsyncInvoker {
   }
 
   void submit(Invocation inv, std::function<void(core::Result<AcceptedEvent>)> done) override {
+    inv.authorized_at_accept = false;  // this is where it is decided
     std::optional<core::Error> no;
     {
       std::lock_guard lock(mu_);
@@ -619,6 +634,7 @@ class AsyncInvokerImpl final : public AsyncInvoker {
       return;
     }
     Invocation inv = ev->inv;
+    inv.authorized_at_accept = true;  // decided by submit() / enqueue_event() with its policies
     runtime_.invoke(std::move(inv), [this, function, cfg, id = m.id, ev = std::move(*ev),
                                      attempt](InvokeResult r) mutable {
       on_result(function, *cfg, id, std::move(ev), attempt, std::move(r));
