@@ -200,15 +200,6 @@ end
 EOF
 
 # "323.00us" / "1.20ms" / "2.00s" / "1.00m" -> microseconds
-to_us() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1e6;
-    else if (u == "m") f = 6e7; else if (u == "h") f = 3.6e9; else f = -1
-    # wrk 4.1.0 prints 0.00us for upper percentiles it failed to compute (seen with pipelining
-    # at high rates); report those as n/a rather than as a measurement.
-    if (f < 0 || n == 0) print "n/a"; else printf "%.1f", n * f }'
-}
 
 run_wrk() {  # server variant seconds outfile
   local server=$1 variant=$2 secs=$3 out=$4 pid rc
@@ -330,9 +321,6 @@ done
 
 # ---- report ------------------------------------------------------------------------------------
 
-median() {  # values on stdin -> median of the numeric ones ("n/a" if none)
-  { grep -E '^[0-9.]+$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 col() {  # server variant column -> values
   awk -F'\t' -v s="$1" -v v="$2" -v c="$3" '$1 == s && $2 == v { print $c }' "$RESULTS"
 }

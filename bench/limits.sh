@@ -402,13 +402,6 @@ check_server() {  # server
 
 # ---- wrk -----------------------------------------------------------------------------------------
 
-to_us() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1e6;
-    else if (u == "m") f = 6e7; else if (u == "h") f = 3.6e9; else f = -1
-    if (f < 0 || n == 0) print "n/a"; else printf "%.1f", n * f }'
-}
 
 run_wrk() {  # server scenario seconds outfile
   local server=$1 scenario=$2 secs=$3 out=$4 pid rc
@@ -425,36 +418,7 @@ run_wrk() {  # server scenario seconds outfile
   fi
 }
 
-busy_pcts() {  # -> "busy% of SERVER_CPU, busy% of CLIENT_CPU" over the same second
-  local a1 a2 b1 b2
-  a1=$(cpu_jiffies "$SERVER_CPU")
-  a2=$(cpu_jiffies "$CLIENT_CPU")
-  sleep 1
-  b1=$(cpu_jiffies "$SERVER_CPU")
-  b2=$(cpu_jiffies "$CLIENT_CPU")
-  awk -v a="$a1" -v b="$b1" -v c="$a2" -v d="$b2" 'BEGIN {
-    split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; p = (t > 0 ? (y[1] - x[1]) / t * 100 : 0)
-    split(c, x, " "); split(d, y, " "); t = y[2] - x[2]; q = (t > 0 ? (y[1] - x[1]) / t * 100 : 0)
-    printf "%.0f %.0f", p, q }'
-}
 
-# Waits up to $1 seconds for both cores to be under 10 % busy; returns how long it waited.
-wait_quiet() {  # max_seconds label
-  local max=$1 what=$2 bs bc waited=0
-  while :; do
-    read -r bs bc <<<"$(busy_pcts)"
-    if ((bs <= 10 && bc <= 10)); then break; fi
-    if ((waited >= max)); then
-      log "warning: CPU $SERVER_CPU is $bs% and CPU $CLIENT_CPU $bc% busy with other work $what; going on (figures will be inflated)"
-      break
-    fi
-    ((waited % 15 == 0)) && log "CPU $SERVER_CPU $bs% / CPU $CLIENT_CPU $bc% busy with other work $what; waiting for quiet ($waited/$max s)"
-    sleep 2
-    waited=$((waited + 3))
-  done
-  QUIET_WAITED=$((QUIET_WAITED + waited))
-}
-QUIET_WAITED=0
 
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
@@ -578,9 +542,6 @@ fi
 
 # ---- report ------------------------------------------------------------------------------------
 
-median() {
-  { grep -E '^[0-9.]+$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 col() {  # server scenario column -> values
   awk -F'\t' -v s="$1" -v v="$2" -v c="$3" '$1 == s && $2 == v { print $c }' "$RESULTS"
 }
