@@ -40,6 +40,8 @@ struct Invocation {
                                // x-gatehouse-lineage-depth when calling back into a gateway
   std::string principal;       // Gatehouse-Principal
   std::string source;          // Gatehouse-Source ("route:NAME", ...)
+  std::string source_detail;   // Gatehouse-Source-Detail (a workflow step: "execution/state")
+  std::string caller_request_id;  // Gatehouse-Request-Id: the request that caused this call
 };
 
 // What a handler returns: a JSON payload, or an error {errorType, errorMessage}.
@@ -247,6 +249,8 @@ inline int run(const std::function<Result(const Invocation&)>& handler) {
     inv.lineage_depth = next.header("gatehouse-lineage-depth");
     inv.principal = next.header("gatehouse-principal");
     inv.source = next.header("gatehouse-source");
+    inv.source_detail = next.header("gatehouse-source-detail");
+    inv.caller_request_id = next.header("gatehouse-request-id");
     Result result;
     try {
       result = handler(inv);

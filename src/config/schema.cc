@@ -1348,8 +1348,10 @@ void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v, const
       continue;
     }
     // The runtime sets these itself; a function must not be able to point its own runtime
-    // client elsewhere or lie about its name or limits.
-    if (std::string_view(name).starts_with("AWS_LAMBDA_") || name == "_HANDLER" ||
+    // client elsewhere or lie about its name, limits, role or caller (GATEHOUSE_PRINCIPAL,
+    // GATEHOUSE_SOURCE, ... of exec functions).
+    if (std::string_view(name).starts_with("AWS_LAMBDA_") ||
+        std::string_view(name).starts_with("GATEHOUSE_") || name == "_HANDLER" ||
         name == "LAMBDA_TASK_ROOT" || name == "LAMBDA_RUNTIME_DIR") {
       w.error(key.pos, var_path, "is set by the runtime and cannot be configured");
       continue;

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -26,6 +27,7 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/json.hpp>
+#include <cctype>
 #include <deque>
 #include <future>
 #include <map>
@@ -81,6 +83,44 @@ using detail::source_prefix;
 std::string_view source_kind_name(SourceKind k) {
   const std::string_view prefix = source_prefix(k);
   return prefix.substr(0, prefix.size() - 1);
+}
+
+// The caller context as a function sees it, in this order: principal, source ("route:NAME",
+// "workflow:NAME", ..., "direct:"), source-detail (a workflow step's "execution/state"),
+// request-id (the request that caused the call), lineage-depth. Lambda workers get each as a
+// Gatehouse-<Name> header and in the client context's custom map ("gatehouse-<name>"); exec
+// processes as GATEHOUSE_<NAME> environment variables. NUL bytes are dropped (environment).
+std::vector<std::pair<std::string_view, std::string>> caller_fields(const CallerContext& c) {
+  std::vector<std::pair<std::string_view, std::string>> out{
+      {"principal", c.principal},
+      {"source", std::string(source_prefix(c.source)) + c.source_name},
+      {"source-detail", c.detail},
+      {"request-id", c.request_id},
+      {"lineage-depth", std::to_string(c.depth)}};
+  for (auto& [name, value] : out) {
+    std::erase(value, '\0');
+  }
+  return out;
+}
+
+// "source-detail" -> "Gatehouse-Source-Detail".
+std::string header_name(std::string_view field) {
+  std::string out = "Gatehouse-";
+  bool upper = true;
+  for (const char ch : field) {
+    out += upper ? static_cast<char>(std::toupper(static_cast<unsigned char>(ch))) : ch;
+    upper = ch == '-';
+  }
+  return out;
+}
+
+// "source-detail" -> "GATEHOUSE_SOURCE_DETAIL".
+std::string env_name(std::string_view field) {
+  std::string out = "GATEHOUSE_";
+  for (const char ch : field) {
+    out += ch == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  }
+  return out;
 }
 
 // The settings that shape a process: a change means old workers must not take new work.
@@ -491,6 +531,15 @@ class RuntimeImpl final : public Runtime {
     detail::SpawnSpec spec;
     spec.argv = fc.command;
     spec.env = environment(fc);
+    if (!lambda && w->current) {
+      // An exec process serves exactly this invocation: its caller context goes in the
+      // environment (GATEHOUSE_PRINCIPAL, _SOURCE, _SOURCE_DETAIL, _REQUEST_ID, _LINEAGE_DEPTH).
+      for (const auto& [name, value] : caller_fields(w->current->inv.caller)) {
+        const std::string key = env_name(name) + "=";
+        std::erase_if(spec.env, [&](const std::string& e) { return e.starts_with(key); });
+        spec.env.push_back(key + value);  // `env` of the config cannot forge it
+      }
+    }
     spec.working_dir = fc.working_dir;
     spec.name = fc.name + "-" + std::to_string(w->id);
     spec.runtime_api = lambda;
@@ -651,13 +700,11 @@ class RuntimeImpl final : public Runtime {
                                   std::chrono::seconds(fc.timeout_s))
                                      .time_since_epoch())
                                  .count();
-    const CallerContext& c = p->inv.caller;
+    const auto fields = caller_fields(p->inv.caller);
     boost::json::object custom;
-    custom["gatehouse-principal"] = c.principal;
-    custom["gatehouse-source"] = std::string(source_prefix(c.source)) + c.source_name;
-    custom["gatehouse-source-detail"] = c.detail;
-    custom["gatehouse-request-id"] = c.request_id;
-    custom["gatehouse-lineage-depth"] = std::to_string(c.depth);
+    for (const auto& [name, value] : fields) {
+      custom[boost::json::string_view("gatehouse-" + std::string(name))] = value;
+    }
     boost::json::object client_context;
     client_context["custom"] = std::move(custom);
     client_context["client"] = boost::json::object();
@@ -670,10 +717,10 @@ class RuntimeImpl final : public Runtime {
         {"Lambda-Runtime-Trace-Id",
          "Root=1-" + core::random_hex(4) + "-" + core::random_hex(12) + ";Sampled=0"},
         {"Lambda-Runtime-Client-Context", boost::json::serialize(client_context)},
-        {"Gatehouse-Lineage-Depth", std::to_string(c.depth)},
-        {"Gatehouse-Principal", c.principal},
-        {"Gatehouse-Source", std::string(source_prefix(c.source)) + c.source_name},
         {"Content-Type", "application/json"}};
+    for (const auto& [name, value] : fields) {
+      headers.emplace_back(header_name(name), value);
+    }
     std::string body = p->inv.payload;
     p->cold_start = !w.served_any;
     w.served_any = true;

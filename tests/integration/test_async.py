@@ -28,6 +28,7 @@ SCRIPT = """#!/bin/sh
 ev=$(cat)
 n=$(printf %s "$ev" | sed -n 's/.*"n": *\\([0-9]*\\).*/\\1/p')
 echo "ASYNC attempt-$n" >&2
+echo "ASYNC ctx-$n $GATEHOUSE_REQUEST_ID $GATEHOUSE_LINEAGE_DEPTH $GATEHOUSE_SOURCE $GATEHOUSE_PRINCIPAL" >&2
 sleep "${SLEEP:-0}"
 if [ -n "$FAIL_UNTIL_OK" ] && [ ! -f "$OUT/ok" ]; then
   echo "event $n failing on purpose" >&2
@@ -94,6 +95,14 @@ def attempts(g, n: int) -> int:
     return sum(1 for line in function_lines(g) if line == f"attempt-{n}")
 
 
+def caller_of(g, n: int) -> list:
+    """[request id, lineage depth, source, principal] the function saw for event n."""
+    for line in function_lines(g):
+        if line.startswith(f"ctx-{n} "):
+            return line.split(" ")[1:]
+    return []
+
+
 def done(g, n: int):
     """The event of the completed run of event n (None if it has not completed)."""
     for line in function_lines(g):
@@ -123,13 +132,20 @@ def test_event_is_accepted_with_202_and_runs(start_gatehouse, fn_env, gatehouse_
     assert len(event_id) == 32 and r.header("x-amz-request-id") == event_id
     h.wait_until(lambda: done(g, 1) is not None, 10, what="event 1 ran")
     assert done(g, 1) == {"n": 1, "text": "hello"}
+    # The caller context travels with the event: the accepting request's id, its depth + 1.
+    assert caller_of(g, 1) == [r.header("x-request-id"), "1", "direct:",
+                               "arn:gatehouse:iam::000000000000:admin"]
+    deep = invoke_async(g, "job", {"n": 10}, headers={"x-gatehouse-lineage-depth": "3"})
+    assert deep.status == 202
+    h.wait_until(lambda: done(g, 10) is not None, 10, what="event 10 ran")
+    assert caller_of(g, 10)[:2] == [deep.header("x-request-id"), "4"]
 
     # Several at once, all run exactly once (nothing fails, so nothing is retried).
     for n in range(2, 7):
         assert invoke_async(g, "job", {"n": n}).status == 202
     h.wait_until(lambda: all(done(g, n) is not None for n in range(2, 7)), 15,
                  what="events 2..6 ran")
-    g.wait_metric("gatehouse_async_events_total", 6, function="job", result="succeeded")
+    g.wait_metric("gatehouse_async_events_total", 7, function="job", result="succeeded")
     assert all(attempts(g, n) == 1 for n in range(1, 7))
     h.wait_until(lambda: g.metric("gatehouse_async_queue_depth", function="job") == 0, 5,
                  what="queue empty")

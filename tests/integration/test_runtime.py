@@ -99,6 +99,8 @@ def test_native_function_route_and_admin_invoke_warm_worker(start_gatehouse, fn_
     assert out["source"] == "route:echo-get"
     assert out["principal"] == "arn:gatehouse:iam:::anonymous"
     assert out["lineage_depth"] == "1"
+    assert out["caller_request_id"] == r.header("x-request-id")
+    assert out["source_detail"] == ""
     if os.geteuid() == 0:
         assert out["uid"] == 65534  # root drops to nobody
 
@@ -108,11 +110,15 @@ def test_native_function_route_and_admin_invoke_warm_worker(start_gatehouse, fn_
     assert second.status == 200
     assert first.json()["echo"] == {"k": "v"} and second.json()["echo"] == {"k": "w"}
     assert first.json()["principal"] == "arn:gatehouse:iam::000000000000:admin"
+    assert first.json()["source"] == "direct:"
+    assert first.json()["caller_request_id"] == first.header("x-request-id")
+    deeper = invoke(g, "echo", {}, headers={"x-gatehouse-lineage-depth": "4"})
+    assert deeper.json()["lineage_depth"] == "5"
     # The route's call started the worker; both admin calls reuse it.
     assert first.json()["pid"] == out["pid"] == second.json()["pid"]
     assert second.header("x-gatehouse-cold-start") == "false"
     assert g.metric("gatehouse_function_cold_starts_total", function="echo") == 1
-    assert g.metric("gatehouse_function_invocations_total", function="echo", result="ok") == 3
+    assert g.metric("gatehouse_function_invocations_total", function="echo", result="ok") == 4
 
 
 @pytest.mark.deadline(60)

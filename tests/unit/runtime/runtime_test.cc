@@ -51,6 +51,38 @@ TEST_F(RuntimeTest, ExecFunctionReturnsItsStdout) {
   EXPECT_TRUE(r.cold_start);
 }
 
+// Every invocation carries its caller context to the function: an exec process gets it in its
+// environment, which wins over the function's own `env` (the config refuses GATEHOUSE_* there;
+// this is the runtime's own guard).
+TEST_F(RuntimeTest, ExecFunctionSeesItsCallerContext) {
+  config::Config c;
+  auto f = exec_function(
+      "ctx",
+      {"/bin/sh", "-c",
+       "cat >/dev/null; printf '{\"p\":\"%s\",\"s\":\"%s\",\"d\":\"%s\",\"r\":\"%s\","
+       "\"l\":\"%s\"}' \"$GATEHOUSE_PRINCIPAL\" \"$GATEHOUSE_SOURCE\" "
+       "\"$GATEHOUSE_SOURCE_DETAIL\" \"$GATEHOUSE_REQUEST_ID\" \"$GATEHOUSE_LINEAGE_DEPTH\""});
+  f.env = {{"GATEHOUSE_PRINCIPAL", "forged"}, {"GATEHOUSE_REQUEST_ID", "forged"}};
+  c.functions.push_back(f);
+  start(c);
+  CallerContext step = admin();  // the admin's allow-all identity policy, as a workflow step
+  step.source = SourceKind::kWorkflow;
+  step.source_name = "orders";
+  step.detail = "exec-7/Charge";
+  step.request_id = "req-123";
+  step.depth = 3;
+  auto r = call(*rt_, "ctx", "{}", step);
+  ASSERT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.payload, R"({"p":"arn:gatehouse:iam::000000000000:admin","s":"workflow:orders",)"
+                       R"("d":"exec-7/Charge","r":"req-123","l":"3"})");
+  CallerContext direct = admin();
+  direct.request_id = "cli";
+  r = call(*rt_, "ctx", "{}", direct);
+  ASSERT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.payload, R"({"p":"arn:gatehouse:iam::000000000000:admin","s":"direct:",)"
+                       R"("d":"","r":"cli","l":"1"})");
+}
+
 TEST_F(RuntimeTest, NonJsonOutputAndNonZeroExitAreFunctionErrors) {
   config::Config c;
   c.functions.push_back(exec_function("text", {"/bin/sh", "-c", "echo not-json"}));
