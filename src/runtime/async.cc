@@ -15,7 +15,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <boost/json.hpp>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -23,12 +22,12 @@
 #include <thread>
 
 #include "runtime/admission.h"
+#include "runtime/async_codec.h"
 #include "runtime/runtime.h"
 
 namespace gatehouse::runtime {
 namespace {
 
-namespace json = boost::json;
 using std::chrono::steady_clock;
 using namespace std::chrono_literals;
 using core::ErrorCode;
@@ -54,138 +53,10 @@ std::int64_t now_ms() {
       .count();
 }
 
-// One accepted event, as the payload of its queue message.
-struct Event {
-  std::string id;
-  Invocation inv;
-  std::int64_t enqueued_ms = 0;
-  std::uint32_t attempts = 0;  // attempts finished before this message was written
-  std::uint32_t replays = 0;
-  std::string last_error_type;
-  std::string last_error_message;
-};
-
-json::object caller_json(const CallerContext& c) {
-  json::object o;
-  o["principal"] = c.principal;
-  json::array tags;
-  for (const auto& [k, v] : c.principal_tags) {
-    tags.push_back(json::array{json::string(k), json::string(v)});
-  }
-  o["principal_tags"] = std::move(tags);
-  o["source"] = static_cast<int>(c.source);
-  o["source_name"] = c.source_name;
-  o["detail"] = c.detail;
-  o["request_id"] = c.request_id;
-  o["depth"] = c.depth;
-  return o;
-}
-
-// Reads a string member ("" when absent or not a string).
-std::string str(const json::object& o, std::string_view key) {
-  const auto* v = o.if_contains(key);
-  return v != nullptr && v->is_string() ? std::string(v->get_string()) : std::string();
-}
-
-std::int64_t num(const json::object& o, std::string_view key) {
-  const auto* v = o.if_contains(key);
-  if (v == nullptr) {
-    return 0;
-  }
-  if (v->is_int64()) {
-    return v->get_int64();
-  }
-  return v->is_uint64() ? static_cast<std::int64_t>(v->get_uint64()) : 0;
-}
-
-std::uint32_t num32(const json::object& o, std::string_view key) {
-  return static_cast<std::uint32_t>(std::clamp<std::int64_t>(num(o, key), 0, UINT32_MAX));
-}
-
-CallerContext caller_of(const json::object& o) {
-  CallerContext c;
-  c.principal = str(o, "principal");
-  if (const auto* tags = o.if_contains("principal_tags"); tags != nullptr && tags->is_array()) {
-    for (const json::value& t : tags->get_array()) {
-      const json::array* kv = t.if_array();
-      if (kv != nullptr && kv->size() == 2 && (*kv)[0].is_string() && (*kv)[1].is_string()) {
-        c.principal_tags.emplace_back((*kv)[0].get_string(), (*kv)[1].get_string());
-      }
-    }
-  }
-  c.source = static_cast<SourceKind>(std::clamp<std::int64_t>(num(o, "source"), 0, 3));
-  c.source_name = str(o, "source_name");
-  c.detail = str(o, "detail");
-  c.request_id = str(o, "request_id");
-  c.depth = std::max<std::uint32_t>(1, num32(o, "depth"));
-  return c;
-}
-
-std::string encode(const Event& e) {
-  json::object o;
-  o["id"] = e.id;
-  o["function"] = e.inv.function;
-  o["payload"] = e.inv.payload;
-  o["caller"] = caller_json(e.inv.caller);
-  o["enqueued_ms"] = e.enqueued_ms;
-  o["attempts"] = e.attempts;
-  o["replays"] = e.replays;
-  o["last_error_type"] = e.last_error_type;
-  o["last_error_message"] = e.last_error_message;
-  return json::serialize(o);
-}
-
-// The object in `text`, or nullopt when it is not a JSON object.
-std::optional<json::object> parse_object(std::string_view text) {
-  boost::system::error_code ec;
-  json::value v = json::parse(text, ec);
-  if (ec || !v.is_object()) {
-    return std::nullopt;
-  }
-  return std::move(v.get_object());
-}
-
-std::optional<Event> decode_event(std::string_view text) {
-  auto o = parse_object(text);
-  if (!o || str(*o, "id").empty() || str(*o, "function").empty()) {
-    return std::nullopt;
-  }
-  Event e;
-  e.id = str(*o, "id");
-  e.inv.function = str(*o, "function");
-  e.inv.payload = str(*o, "payload");
-  if (const auto* c = o->if_contains("caller"); c != nullptr && c->is_object()) {
-    e.inv.caller = caller_of(c->get_object());
-  }
-  e.enqueued_ms = num(*o, "enqueued_ms");
-  e.attempts = num32(*o, "attempts");
-  e.replays = num32(*o, "replays");
-  e.last_error_type = str(*o, "last_error_type");
-  e.last_error_message = str(*o, "last_error_message");
-  return e;
-}
-
-std::optional<DeadLetter> decode_dead_letter(std::string_view text) {
-  auto o = parse_object(text);
-  if (!o || str(*o, "event_id").empty()) {
-    return std::nullopt;
-  }
-  DeadLetter d;
-  d.event_id = str(*o, "event_id");
-  d.function = str(*o, "function");
-  d.payload = str(*o, "payload");
-  if (const auto* c = o->if_contains("caller"); c != nullptr && c->is_object()) {
-    d.caller = caller_of(c->get_object());
-  }
-  d.reason = str(*o, "reason");
-  d.error_type = str(*o, "error_type");
-  d.error_message = str(*o, "error_message");
-  d.attempts = num32(*o, "attempts");
-  d.replays = num32(*o, "replays");
-  d.enqueued_at_ms = num(*o, "enqueued_at_ms");
-  d.failed_at_ms = num(*o, "failed_at_ms");
-  return d;
-}
+using detail::decode_dead_letter;
+using detail::decode_event;
+using detail::Event;
+using detail::valid_event_id;
 
 Event new_event(Invocation inv) {
   Event e;
@@ -220,7 +91,7 @@ core::Result<std::pair<Event, store::Batch>> replay_batch(store::Store& store,
     return tl::unexpected(text.error());
   }
   auto d = decode_dead_letter(*text);
-  if (!d) {
+  if (!d || !valid_event_id(d->event_id)) {
     return core::make_error(ErrorCode::kIo, "dead letter '" + key + "' is not a valid record");
   }
   Event e;
@@ -231,27 +102,11 @@ core::Result<std::pair<Event, store::Batch>> replay_batch(store::Store& store,
   e.enqueued_ms = now_ms();
   e.replays = d->replays + 1;
   store::Batch b{store::Delete{std::string(kDeadLetters), key},
-                 store::Enqueue{queue_name(function), encode(e), {}}};
+                 store::Enqueue{queue_name(function), detail::encode_event(e), {}}};
   return std::make_pair(std::move(e), std::move(b));
 }
 
 }  // namespace
-
-std::string dead_letter_json(const DeadLetter& d) {
-  json::object o;
-  o["event_id"] = d.event_id;
-  o["function"] = d.function;
-  o["payload"] = d.payload;
-  o["caller"] = caller_json(d.caller);
-  o["reason"] = d.reason;
-  o["error_type"] = d.error_type;
-  o["error_message"] = d.error_message;
-  o["attempts"] = d.attempts;
-  o["replays"] = d.replays;
-  o["enqueued_at_ms"] = d.enqueued_at_ms;
-  o["failed_at_ms"] = d.failed_at_ms;
-  return json::serialize(o);
-}
 
 core::Result<AcceptedEvent> enqueue_event(store::Store& store, const config::Config& config,
                                           Invocation inv) {
@@ -268,7 +123,8 @@ core::Result<AcceptedEvent> enqueue_event(store::Store& store, const config::Con
     return tl::unexpected(queue_full(*f));
   }
   Event e = new_event(inv);
-  auto r = store.write_sync({store::Enqueue{queue_name(inv.function), encode(e), {}}});
+  auto r =
+      store.write_sync({store::Enqueue{queue_name(inv.function), detail::encode_event(e), {}}});
   if (!r) {
     return tl::unexpected(r.error());
   }
@@ -382,7 +238,7 @@ class AsyncInvokerImpl final : public AsyncInvoker {
     const std::string fn = e.inv.function;
     std::string id = e.id;
     store_.write(
-        {store::Enqueue{queue_name(fn), encode(e), {}}},
+        {store::Enqueue{queue_name(fn), detail::encode_event(e), {}}},
         [this, fn, id = std::move(id), done = std::move(done)](core::Result<store::CommitInfo> r) {
           settle(fn, r.has_value());
           if (r) {
@@ -615,7 +471,7 @@ class AsyncInvokerImpl final : public AsyncInvoker {
 
   void run(const std::string& function, const std::shared_ptr<const config::FunctionConfig>& cfg,
            store::QueueMessage m) {
-    auto ev = decode_event(m.payload);
+    auto ev = decode_event(m.payload, function);
     if (!ev) {
       spdlog::error("async: message {} of {} is not a valid event; dropped", m.id, function);
       end(function, m.id, {store::Ack{queue_name(function), m.id}}, Outcome::kDropped, {});
@@ -683,7 +539,7 @@ class AsyncInvokerImpl final : public AsyncInvoker {
     const auto not_before = std::chrono::system_clock::now() + delay;
     end(function, id,
         {store::Ack{queue_name(function), id},
-         store::Enqueue{queue_name(function), encode(ev), not_before}},
+         store::Enqueue{queue_name(function), detail::encode_event(ev), not_before}},
         outcome, steady_clock::now() + delay);
   }
 
