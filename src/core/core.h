@@ -39,6 +39,18 @@ enum class ErrorCode : std::uint8_t {
   kFunctionTimedOut,     // 504 FunctionTimedOut (killed at its deadline: Task.TimedOut)
   kConcurrencyLimit,     // 429 ConcurrencyLimit (a function's workers and queue are full)
   kRecursiveInvocation,  // 508 RecursiveInvocationStopped (lineage depth over the maximum)
+  // AWS Signature Version 4 (auth/sigv4.cc), with the names AWS uses on the wire.
+  kSignatureDoesNotMatch,         // 403 SignatureDoesNotMatch
+  kInvalidAccessKeyId,            // 403 InvalidAccessKeyId (unknown or revoked)
+  kRequestTimeTooSkewed,          // 403 RequestTimeTooSkewed (over 15 minutes off)
+  kRequestExpired,                // 403 AccessDenied ("Request has expired": presigned URL)
+  kMissingAuthentication,         // 403 MissingAuthenticationToken (no signature at all)
+  kAuthorizationHeaderMalformed,  // 400 AuthorizationHeaderMalformed
+  kAuthorizationQueryError,       // 400 AuthorizationQueryParametersError (presigned URL)
+  kContentSha256Mismatch,         // 400 XAmzContentSHA256Mismatch
+  kInvalidChunk,                  // 400 InvalidChunkSizeError / bad aws-chunked framing
+  kIncompleteBody,                // 400 IncompleteBody (decoded length differs)
+  kBadDigest,                     // 400 BadDigest (a trailing checksum does not match)
 };
 
 // HTTP status for `code` (500 for codes that never reach the wire).
