@@ -261,6 +261,10 @@ void check_references(Decoded& d) {
       }
     }
     check_stage_list(d, base + ".stages", r.stages, stages, stage_names);
+    if (r.auth == RouteAuth::kSigV4 && r.api_key != ApiKeyMode::kNone) {
+      d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
+                        "auth: sigv4 cannot be combined with api_key: optional or required");
+    }
     const std::string& function = r.target.function;
     if (!function.empty() && !functions.contains(function)) {
       const std::string path = d.position(base + ".function").line > 0 ||

@@ -162,6 +162,20 @@ struct ThrottlingConfig {
 // Whether a route takes an API key (YAML api_key: none | optional | required; default none).
 enum class ApiKeyMode : std::uint8_t { kNone, kOptional, kRequired };
 
+// How a route authenticates callers (YAML auth: api_key | sigv4; default api_key, where the
+// route's api_key field decides). sigv4: AWS Signature Version 4 with access keys issued by
+// `gatehouse credentials create`; the principal is the key's role ARN (docs/sigv4.md).
+enum class RouteAuth : std::uint8_t { kApiKey, kSigV4 };
+
+// SigV4 access keys.
+struct CredentialsConfig {
+  std::string kek_file;                  // key-encryption key file (created 0600); "" = beside
+                                         // the sqlite store ("<db>.kek"); 1..4096 bytes
+  std::string account_id = "000000000000";  // the account of role ARNs: 12 digits
+  std::string region = "us-east-1";      // the region signatures must be scoped to;
+                                         // [A-Za-z0-9_-]{1,64}
+};
+
 // What a route answers with.
 struct StaticTarget {
   std::uint16_t status = 200;               // 100..599
@@ -207,6 +221,8 @@ struct Route {
   Target target;                     // target.function must name a Config::functions entry
                                      // when set (checked)
   ApiKeyMode api_key = ApiKeyMode::kNone;  // YAML api_key: none | optional | required
+  RouteAuth auth = RouteAuth::kApiKey;     // YAML auth: api_key | sigv4 (sigv4 excludes
+                                           // api_key: optional/required)
   RateConfig throttle;                     // the route, all callers together; unset = no limit
   std::uint32_t concurrency = 0;           // most in flight; 0 = unlimited; 0..1000000
   int line = 0;                            // 1-based line where it was declared, for messages
@@ -259,6 +275,7 @@ struct Config {
   std::vector<Upstream> upstreams;  // at most 1000
   std::vector<Route> routes;        // at most 10000, in file order
   ApiKeysConfig api_keys;
+  CredentialsConfig credentials;
   ThrottlingConfig throttling;
   std::vector<FunctionConfig> functions;  // at most 10000
   std::vector<Plan> plans;                // at most 1000

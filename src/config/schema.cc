@@ -968,6 +968,36 @@ void decode_api_key(Walker& w, const Field<Route>& f, const Value& v, const std:
   }
 }
 
+void decode_route_auth(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
+                       Route& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (*s == "api_key") {
+    out.auth = RouteAuth::kApiKey;
+  } else if (*s == "sigv4") {
+    out.auth = RouteAuth::kSigV4;
+  } else {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not one of api_key, sigv4");
+  }
+}
+
+void decode_account_id(Walker& w, const Field<CredentialsConfig>& f, const Value& v,
+                       const std::string& path, CredentialsConfig& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (s->size() != 12 || !std::all_of(s->begin(), s->end(), [](char c) {
+        return c >= '0' && c <= '9';
+      })) {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not a 12-digit account id");
+    return;
+  }
+  out.account_id = *s;
+}
+
 void decode_rate(Walker& w, const Field<RateConfig>& f, const Value& v, const std::string& path,
                  RateConfig& out) {
   if (const auto rate = w.rate(v, path, f.min, f.max)) {
@@ -1401,6 +1431,7 @@ constexpr std::array kRouteFields{
                  .required = true,
                  .describe = &describe_table<kTargetFields>},
     custom<Route>("api_key", Kind::kString, &decode_api_key, 1, 64, Format::kLine),
+    custom<Route>("auth", Kind::kString, &decode_route_auth, 1, 64, Format::kLine),
     throttle<&Route::throttle>("throttle"),
     integer("concurrency", &Route::concurrency, 0, 1'000'000),
 };
@@ -1408,6 +1439,13 @@ constexpr std::array kRouteFields{
 constexpr std::array kApiKeysFields{
     string("header", &ApiKeysConfig::header, 1, 256, Format::kHeaderName),
     duration("quota_flush_interval", &ApiKeysConfig::quota_flush_interval, 10ms, 1min),
+};
+
+constexpr std::array kCredentialsFields{
+    string("kek_file", &CredentialsConfig::kek_file, 1, 4096, Format::kLine),
+    custom<CredentialsConfig>("account_id", Kind::kString, &decode_account_id, 1, 64,
+                              Format::kLine),
+    string("region", &CredentialsConfig::region, 1, 64, Format::kName),
 };
 
 constexpr std::array kThrottlingFields{
@@ -1482,6 +1520,7 @@ constexpr std::array kConfigFields{
     list<&Config::upstreams, kUpstreamFields>("upstreams", 1000),
     list<&Config::routes, kRouteFields>("routes", 10'000),
     section<&Config::api_keys, kApiKeysFields>("api_keys"),
+    section<&Config::credentials, kCredentialsFields>("credentials"),
     section<&Config::throttling, kThrottlingFields>("throttling"),
     list<&Config::functions, kFunctionFields>("functions", 10'000),
     list<&Config::plans, kPlanFields>("plans", 1000),
@@ -1530,6 +1569,7 @@ static_assert(well_formed(kHttpFields));
 static_assert(well_formed(kTargetFields));
 static_assert(well_formed(kRouteFields));
 static_assert(well_formed(kApiKeysFields));
+static_assert(well_formed(kCredentialsFields));
 static_assert(well_formed(kThrottlingFields));
 static_assert(well_formed(kFunctionFields));
 static_assert(well_formed(kSandboxFields));
