@@ -718,6 +718,9 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
     st.mode = sha == kStreamingSigned ? PayloadMode::kStreamingSigned
                                       : PayloadMode::kStreamingUnsignedTrailer;
     payload_hash = sha;
+    if (!req.body_expected) {
+      return make_error(ErrorCode::kIncompleteBody, "a streaming upload without a body");
+    }
     const std::string_view dl = trim(header(req, "x-amz-decoded-content-length"));
     if (!dl.empty()) {
       if (dl.size() > 15 ||

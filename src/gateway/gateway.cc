@@ -22,6 +22,7 @@
 #include "gateway/limiter.h"
 #include "gateway/metrics.h"
 #include "gateway/proxy.h"
+#include "gateway/sigv4_stage.h"
 #include "runtime/runtime.h"
 #include "store/store.h"
 
@@ -310,6 +311,9 @@ class GatewayImpl final : public Gateway {
     pass_authorize_ = allow_all();
     pass_guard_ = no_guard();
     authenticate_ = stages_.authenticate ? stages_.authenticate.get() : limiter_.get();
+    // Routes with auth: sigv4 are verified here; the others go on to the stage above.
+    sigv4_ = std::make_unique<SigV4Stage>(*store_, core::system_clock(), workers, *authenticate_);
+    authenticate_ = sigv4_.get();
     authorize_ = stages_.authorize ? stages_.authorize.get() : pass_authorize_.get();
     throttle_ = stages_.throttle ? stages_.throttle.get() : limiter_.get();
     guard_ = stages_.guard ? stages_.guard.get() : pass_guard_.get();
@@ -356,6 +360,12 @@ class GatewayImpl final : public Gateway {
         [this](std::function<void(unsigned)> fn) { server_->run_on_all_workers(std::move(fn)); });
     if (!l) {
       return l;
+    }
+    if (auto s = sigv4_->start(snapshot_->config, [this](std::function<void(unsigned)> fn) {
+          server_->run_on_all_workers(std::move(fn));
+        });
+        !s) {
+      return s;
     }
     auto r = server_->start();
     if (r) {
@@ -453,6 +463,7 @@ class GatewayImpl final : public Gateway {
     server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
     runtime_->stop();  // after the drain: invocations in flight had the grace period to finish
     limiter_->stop();  // writes the last quota counts
+    sigv4_->stop();
     spdlog::info("stopped");
     if (access_) {
       access_->flush();
@@ -707,6 +718,7 @@ class GatewayImpl final : public Gateway {
   }
 
   Authenticator& authenticator() { return *authenticate_; }
+  SigV4Stage& sigv4() { return *sigv4_; }
   Authorizer& authorizer() { return *authorize_; }
   Throttle& throttle() { return *throttle_; }
   Guard& guard() { return *guard_; }
@@ -738,6 +750,7 @@ class GatewayImpl final : public Gateway {
   Stages stages_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Limiter> limiter_;
+  std::unique_ptr<SigV4Stage> sigv4_;
   std::unique_ptr<Authorizer> pass_authorize_;
   std::unique_ptr<Guard> pass_guard_;
   Authenticator* authenticate_ = nullptr;  // the stages in effect (owned above)
@@ -918,6 +931,9 @@ http::Step Pipeline::on_request(http::Exchange& ex) {
   auto& c = static_cast<Conn&>(ex.state());
   if (c.builtin != Conn::Builtin::kNone) {
     return builtin(ex, c);
+  }
+  if (Refusal r; gw_.sigv4().after_body(ex, c.ctx, r) == Verdict::kRefuse) {
+    return refuse(ex, c, r);
   }
   return dispatch(ex, c);
 }

@@ -127,6 +127,7 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
     route_index[rt.name] = i;
     LimitTable::Route lr;
     lr.api_key = rt.api_key;
+    lr.auth = rt.auth;
     if (auto r = rate_layer(rt.throttle, cell(route_cells_, rt.name), lr.route); !r) {
       return tl::unexpected(r.error());
     }

@@ -70,6 +70,7 @@ struct LimitTable {
   std::vector<std::pair<std::string, RateLayer>> stages;  // by stage name
   struct Route {
     config::ApiKeyMode api_key = config::ApiKeyMode::kNone;
+    config::RouteAuth auth = config::RouteAuth::kApiKey;
     RateLayer route;
     GateLayer route_gate;
     RateLayer function;

@@ -139,6 +139,7 @@ class Session final : public Exchange, public std::enable_shared_from_this<Sessi
 
   // Exchange.
   const Request& request() const noexcept override { return req_; }
+  void replace_body(std::string_view body) noexcept override { req_.body = body; }
   std::string_view request_id() const noexcept override { return core::view(id_); }
   std::string_view remote_ip() const noexcept override { return {ip_str_, ip_len_}; }
   unsigned worker() const noexcept override;
