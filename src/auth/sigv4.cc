@@ -100,18 +100,7 @@ void uri_encode(std::string& out, std::string_view s, bool keep_slash) {
   }
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
+using core::hex_value;
 
 // Percent-decoding; a '%' not followed by two hex digits stays literal.
 std::string uri_decode(std::string_view s) {
@@ -694,7 +683,9 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
   const std::string_view sha = trim(header(req, "x-amz-content-sha256", &has_sha));
   std::string_view payload_hash;
   if (!has_sha) {
-    if (p.presigned) {
+    // A presigned S3 URL covers UNSIGNED-PAYLOAD; other services' presigned URLs (botocore's
+    // SigV4QueryAuth) cover the payload's hash, like a signed header would.
+    if (p.presigned && p.service == "s3") {
       st.mode = PayloadMode::kUnsigned;
       payload_hash = kUnsignedPayload;
     } else if (req.body_expected) {

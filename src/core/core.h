@@ -124,4 +124,18 @@ void sha256_hex(std::string_view data, std::array<char, 64>& out) noexcept;
 // Writes the decimal form of `v` into `out` (at least 20 bytes); returns the length.
 std::size_t format_uint(char* out, std::uint64_t v) noexcept;
 
+// The value of hex digit `c` (either case), or -1 when `c` is not one.
+[[nodiscard]] constexpr int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
+
 }  // namespace gatehouse::core

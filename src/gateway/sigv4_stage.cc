@@ -120,6 +120,10 @@ Verdict SigV4Stage::authenticate(RequestContext& ctx, Refusal& out) {
       t->routes[ctx.route_index].auth != config::RouteAuth::kSigV4) {
     return next_.authenticate(ctx, out);
   }
+  // A SigV4 caller holds no API key: the keyless limits apply, not a plan's.
+  ctx.api_key = nullptr;
+  ctx.key_state = nullptr;
+  ctx.plan = nullptr;
   if (!ctx.sigv4) {
     ctx.sigv4 = std::make_shared<SigV4Slot>();  // once per connection
   }

@@ -607,6 +607,38 @@ TEST_F(SigV4Hostile, MalformedPresignedQueries) {
   EXPECT_EQ(check(r).error().code, ErrorCode::kSignatureDoesNotMatch);
 }
 
+// A presigned URL for a service other than S3 (botocore's SigV4QueryAuth) covers the payload's
+// hash, not UNSIGNED-PAYLOAD.
+TEST_F(SigV4Hostile, PresignedNonS3CoversThePayloadHash) {
+  auto presign = [&](std::string_view service, std::string_view payload_hash, std::string body) {
+    Req r{"POST", "/k",
+          "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=GHIAABCDEFGHIJKLMNOP%2F20150830%2Fus-"
+          "east-1%2F" +
+              std::string(service) +
+              "%2Faws4_request&X-Amz-Date=20150830T123600Z&X-Amz-Expires=60&X-Amz-"
+              "SignedHeaders=host",
+          std::move(body), {{"Host", "localhost"}}, {}};
+    auto creq = SigV4Verifier::canonical_request(r.get(), "host", payload_hash, service == "s3",
+                                                 true);
+    EXPECT_TRUE(creq);
+    const std::string scope = "20150830/us-east-1/" + std::string(service) + "/aws4_request";
+    const auto key = signing_key(kSecret, "20150830", "us-east-1", service);
+    r.query += "&X-Amz-Signature=" +
+               hexs(mac(key, SigV4Verifier::string_to_sign("20150830T123600Z", scope, *creq)));
+    return r;
+  };
+  Req empty = presign("execute-api", kEmptyHash, "");
+  EXPECT_TRUE(check(empty));
+  Req unsigned_payload = presign("execute-api", "UNSIGNED-PAYLOAD", "");
+  EXPECT_EQ(check(unsigned_payload).error().code, ErrorCode::kSignatureDoesNotMatch);
+  Req body = presign("execute-api", core::sha256_hex("hi"), "hi");
+  EXPECT_TRUE(check(body));
+  body.body = "ho";
+  EXPECT_EQ(check(body).error().code, ErrorCode::kSignatureDoesNotMatch);
+  Req s3 = presign("s3", "UNSIGNED-PAYLOAD", "any body");
+  EXPECT_TRUE(check(s3));
+}
+
 TEST_F(SigV4Hostile, SigningKeyCacheFollowsTheSecret) {
   // Same key id and scope, different secret (index rebuilt): the cached key must not be reused.
   Req r = base();
