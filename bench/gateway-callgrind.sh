@@ -11,6 +11,12 @@
 # (callgrind_control -d) and the server is stopped. Instructions per request = dumped Ir total /
 # REQUESTS. The kernel is invisible to callgrind: these are user-space instructions only.
 #
+# SCENARIO=allowed profiles the allowed path of bench/limits.sh: every request carries an API key
+# on a plan far above the load and is proxied to an nginx `return 200` upstream
+# (bench/limits-upstream.conf, started outside valgrind, its work not counted). Gatehouse checks
+# the key and the account, route, function and key layers; nginx (bench/nginx-allowed.conf) one
+# `limit_req` zone keyed on the header, then `proxy_pass`.
+#
 # SCENARIO=refusal profiles the flood path of bench/limits.sh instead: every request carries an
 # API key over its plan's limit (1 request per minute, burst 1) and is refused with 429.
 # Gatehouse verifies the key (SHA-256 + index), checks its plan's routes and the account, route,
@@ -19,7 +25,7 @@
 # requests never reach).
 #
 # Environment: REQUESTS [20000] CONNECTIONS [8] WARMUP [1600] DEPTHS ["1 16"]
-#   SCENARIO [static]: static | refusal
+#   SCENARIO [static]: static | allowed | refusal
 #   SERVERS ["gatehouse nginx"] TOP [25] functions listed per profile
 #   OUT [a new temp dir, kept]: where callgrind.out files go, for callgrind_annotate.
 
@@ -47,16 +53,21 @@ die() {
 for tool in valgrind callgrind_control callgrind_annotate python3 curl timeout; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (valgrind: apt-get install valgrind)"
 done
-[[ $SCENARIO == static || $SCENARIO == refusal ]] || die "SCENARIO must be static or refusal"
+[[ $SCENARIO =~ ^(static|allowed|refusal)$ ]] || die "SCENARIO must be static, allowed or refusal"
 for d in $DEPTHS; do [[ $d =~ ^[0-9]+$ && $d -ge 1 ]] || die "DEPTHS must be positive integers"; done
 
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-callgrind.XXXXXX")}
 mkdir -p "$OUT"
 VG_PID=""
+UPSTREAM_PID=""
 
 cleanup() {
   local rc=$? i
   trap - EXIT INT TERM
+  if [[ -n $UPSTREAM_PID ]]; then
+    kill -TERM "$UPSTREAM_PID" 2>/dev/null || true
+    wait "$UPSTREAM_PID" 2>/dev/null || true
+  fi
   if [[ -n $VG_PID ]]; then
     kill -TERM "$VG_PID" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do kill -0 "$VG_PID" 2>/dev/null || break; sleep 0.2; done
@@ -140,25 +151,31 @@ store: {state: "sqlite://$dir/gh.db"}
 limits: {max_connections_per_ip: 100000, idle_timeout: 60s}
 functions:
   - {name: fn, throttle: {rate: 1000000, burst: 1000000}}
+upstreams:
+  - {name: up, url: "http://127.0.0.1:${UPSTREAM_PORT:-9}"}
 plans:
   - {name: tight, throttle: {rate: 0.0166667, burst: 1}}
+  - {name: bench, throttle: {rate: 1000000, burst: 1000000}}
 throttling: {account: {rate: 1000000, burst: 1000000}}
 routes:
   - {method: GET, path: /hello, target: {static: {status: 200, body: "hello from gatehouse\n", content_type: text/plain}}}
-  - {name: api, method: GET, path: "/api/{proxy+}", api_key: required, function: fn, throttle: {rate: 1000000, burst: 1000000}, target: {static: {status: 200, body: "allowed\n"}}}
+  - {name: api, method: GET, path: "/api/{proxy+}", api_key: required, function: fn, throttle: {rate: 1000000, burst: 1000000}, target: {http: {upstream: up}}}
 EOF
     cmd=("$GH_BIN" serve --config "$dir/gatehouse.yaml")
-    if [[ $SCENARIO == refusal ]]; then
-      KEY=$("$GH_BIN" keys create --name bench --plan tight --config "$dir/gatehouse.yaml" |
+    if [[ $SCENARIO != static ]]; then
+      local plan=tight
+      [[ $SCENARIO == refusal ]] || plan=bench
+      KEY=$("$GH_BIN" keys create --name bench --plan "$plan" --config "$dir/gatehouse.yaml" |
         grep -o 'ghk_[0-9a-f_]*' | head -n 1)
       [[ -n $KEY ]] || die "gatehouse keys create printed no key"
     fi
   else
     # One process (no master) so callgrind sees the worker's work without following forks.
     local conf=$ROOT/bench/nginx-static.conf
-    [[ $SCENARIO == static ]] || conf=$ROOT/bench/nginx-refusal.conf
-    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e 's|^worker_processes 1;|worker_processes 1;\nmaster_process off;|' \
-      "$conf" >"$dir/nginx.conf"
+    [[ $SCENARIO != refusal ]] || conf=$ROOT/bench/nginx-refusal.conf
+    [[ $SCENARIO != allowed ]] || conf=$ROOT/bench/nginx-allowed.conf
+    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@UPSTREAM_PORT@|${UPSTREAM_PORT:-9}|g" \
+      -e 's|^worker_processes 1;|worker_processes 1;\nmaster_process off;|' "$conf" >"$dir/nginx.conf"
     cmd=("$NGINX_BIN" -p "$dir" -e "$dir/nginx-error.log" -c "$dir/nginx.conf")
     KEY=ghk_0123456789abcdef_0123456789abcdef0123456789abcdef0123456789abcdef
   fi
@@ -171,7 +188,8 @@ EOF
   done
   ((i < 300)) || die "$server did not answer under valgrind within 60 s"
   local req=(/hello 200)
-  [[ $SCENARIO == static ]] || req=(/api/hello 429 "x-api-key: $KEY")
+  [[ $SCENARIO != refusal ]] || req=(/api/hello 429 "x-api-key: $KEY")
+  [[ $SCENARIO != allowed ]] || req=(/api/hello 200 "x-api-key: $KEY")
   per=$(((WARMUP + CONNECTIONS - 1) / CONNECTIONS))
   timeout 300 python3 "$OUT/client.py" "$port" "$CONNECTIONS" "$per" "$depth" "${req[0]}" any "${req[@]:2}"
   callgrind_control -z "$VG_PID" >/dev/null 2>&1 || die "callgrind_control -z failed"
@@ -212,6 +230,18 @@ for line in sys.stdin:
 }
 
 declare -A RESULT
+if [[ $SCENARIO == allowed ]]; then
+  UPSTREAM_PORT=$(free_port)
+  mkdir -p "$OUT/upstream"
+  sed -e "s|@DIR@|$OUT/upstream|g" -e "s|@PORT@|$UPSTREAM_PORT|g" "$ROOT/bench/limits-upstream.conf" \
+    >"$OUT/upstream/nginx.conf"
+  "$NGINX_BIN" -p "$OUT/upstream" -e "$OUT/upstream/error.log" -c "$OUT/upstream/nginx.conf" &
+  UPSTREAM_PID=$!
+  for ((i = 0; i < 50; i++)); do
+    curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$UPSTREAM_PORT/" && break
+    sleep 0.1
+  done
+fi
 echo "# user-space instructions per request (callgrind), scenario $SCENARIO, $(date -u '+%Y-%m-%d %H:%M UTC'); outputs in $OUT"
 echo
 for server in $SERVERS; do

@@ -1,5 +1,7 @@
 #include "auth/auth.h"
 
+#include <openssl/rand.h>
+
 #include <boost/json.hpp>
 
 namespace gatehouse::auth {
@@ -37,6 +39,79 @@ std::int64_t ms_since_epoch(const core::Clock& clock) {
 }
 
 }  // namespace
+
+namespace {
+
+// 0..15 for a lowercase hex digit, 16 otherwise.
+constexpr std::array<std::uint8_t, 256> kHexValue = [] {
+  std::array<std::uint8_t, 256> t{};
+  for (auto& v : t) {
+    v = 16;
+  }
+  for (int c = '0'; c <= '9'; ++c) {
+    t[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(c - '0');
+  }
+  for (int c = 'a'; c <= 'f'; ++c) {
+    t[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(c - 'a' + 10);
+  }
+  return t;
+}();
+
+std::uint8_t hex_value(char c) noexcept { return kHexValue[static_cast<unsigned char>(c)]; }
+
+}  // namespace
+
+bool parse_hex_id(std::string_view id_hex, std::uint64_t& id) noexcept {
+  if (id_hex.size() != kIdLen) {
+    return false;
+  }
+  std::uint64_t v = 0;
+  std::uint8_t bad = 0;
+  for (char c : id_hex) {
+    const std::uint8_t d = hex_value(c);
+    bad |= d & 16;
+    v = (v << 4) | (d & 15);
+  }
+  id = v;
+  return bad == 0;
+}
+
+bool parse_key_id(std::string_view presented, std::uint64_t& id) noexcept {
+  if (presented.size() != kPrefix.size() + kIdLen + 1 + kSecretLen ||
+      presented.substr(0, kPrefix.size()) != kPrefix || presented[kPrefix.size() + kIdLen] != '_') {
+    return false;
+  }
+  std::uint8_t bad = 0;
+  for (char c : presented.substr(kPrefix.size() + kIdLen + 1)) {
+    bad |= hex_value(c) & 16;
+  }
+  return bad == 0 && parse_hex_id(presented.substr(kPrefix.size(), kIdLen), id);
+}
+
+bool parse_key_hash(std::string_view hex, std::array<unsigned char, 32>& out) noexcept {
+  if (hex.size() != 64) {
+    return false;
+  }
+  std::uint8_t bad = 0;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const std::uint8_t hi = hex_value(hex[2 * i]);
+    const std::uint8_t lo = hex_value(hex[2 * i + 1]);
+    bad |= (hi | lo) & 16;
+    out[i] = static_cast<unsigned char>(((hi & 15) << 4) | (lo & 15));
+  }
+  return bad == 0;
+}
+
+std::uint64_t key_slot_hash(std::uint64_t id) noexcept {
+  static const std::uint64_t seed = [] {
+    std::uint64_t s = 0;
+    // A failed RAND_bytes leaves 0: ids are random already, so the table still spreads.
+    (void)RAND_bytes(reinterpret_cast<unsigned char*>(&s), sizeof s);
+    return s | 1;
+  }();
+  std::uint64_t h = (id ^ seed) * 0x9E3779B97F4A7C15ULL;
+  return h ^ (h >> 31);
+}
 
 bool parse_key(std::string_view presented, std::string_view& id) noexcept {
   if (presented.size() != kPrefix.size() + kIdLen + 1 + kSecretLen ||

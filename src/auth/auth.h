@@ -13,7 +13,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "core/core.h"
@@ -73,8 +72,25 @@ class KeyRegistry {
 [[nodiscard]] std::string to_json(const ApiKey& key);
 [[nodiscard]] core::Result<ApiKey> from_json(std::string_view json);
 
+// Splits "ghk_<id>_<secret>"; false when malformed.
+[[nodiscard]] bool parse_key(std::string_view presented, std::string_view& id) noexcept;
+// The same, with the id as the 64-bit number its 16 hex digits spell.
+[[nodiscard]] bool parse_key_id(std::string_view presented, std::uint64_t& id) noexcept;
+// A key id (16 lowercase hex digits) as that number; false when malformed.
+[[nodiscard]] bool parse_hex_id(std::string_view id_hex, std::uint64_t& id) noexcept;
+// A stored key hash (64 hex digits) as its 32 raw bytes; false when malformed.
+[[nodiscard]] bool parse_key_hash(std::string_view hex,
+                                  std::array<unsigned char, 32>& out) noexcept;
+// Mixes a key id with a per-process random seed into a table index (the ids presented are
+// chosen by clients, so the probe sequence must not be predictable).
+[[nodiscard]] std::uint64_t key_slot_hash(std::uint64_t id) noexcept;
+
 // Immutable index: id → entry. T is what the gateway attaches to each key (its limiter state).
-// Thread-safe to share (read-only).
+// Thread-safe to share (read-only) once built.
+//
+// Lookups touch one cache line for the id and digest (an open-addressed table of 64-byte
+// slots), then the entry itself: with many keys the index stays cheap because a verification
+// does not chase strings on the heap.
 template <class T>
 class KeyIndex {
  public:
@@ -83,48 +99,101 @@ class KeyIndex {
     T* state = nullptr;  // owned elsewhere; outlives the index
   };
 
-  void add(ApiKey key, T* state) {
-    auto id = key.id;
-    entries_.emplace(std::move(id), Entry{std::move(key), state});
-  }
+  // Revoked or malformed records are kept out of the table (verify() never finds them).
+  void add(ApiKey key, T* state);
 
   // The entry for a presented key, or nullptr when it is malformed, unknown or revoked. The
-  // hash comparison is constant-time; the id lookup is not secret.
+  // digest comparison is constant-time; the id lookup is not secret.
   [[nodiscard]] const Entry* verify(std::string_view presented) const;
 
   [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
 
  private:
-  // Transparent hashing: verify() looks ids up by string_view, with no temporary std::string
-  // (a 16-character id is one past the small-string buffer and would allocate per request).
-  struct IdHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
-      return std::hash<std::string_view>{}(s);
-    }
+  struct alignas(64) Slot {
+    std::uint64_t id = 0;
+    std::uint32_t entry = kEmpty;  // index into entries_
+    std::array<unsigned char, 32> digest{};
   };
-  std::unordered_map<std::string, Entry, IdHash, std::equal_to<>> entries_;
+  static constexpr std::uint32_t kEmpty = 0xffffffffu;
+
+  void insert(std::uint64_t id, std::uint32_t entry, const std::array<unsigned char, 32>& digest);
+  void grow();
+
+  std::vector<Entry> entries_;
+  std::vector<Slot> slots_;  // size a power of two, at most half full
+  std::size_t used_ = 0;
 };
 
-// Splits "ghk_<id>_<secret>"; false when malformed.
-[[nodiscard]] bool parse_key(std::string_view presented, std::string_view& id) noexcept;
+template <class T>
+void KeyIndex<T>::add(ApiKey key, T* state) {
+  std::uint64_t id = 0;
+  std::array<unsigned char, 32> digest{};
+  const bool indexable =
+      !key.revoked && parse_hex_id(key.id, id) && parse_key_hash(key.hash, digest);
+  entries_.push_back(Entry{std::move(key), state});
+  if (!indexable) {
+    return;
+  }
+  if ((used_ + 1) * 2 > slots_.size()) {
+    grow();
+  }
+  insert(id, static_cast<std::uint32_t>(entries_.size() - 1), digest);
+}
+
+template <class T>
+void KeyIndex<T>::insert(std::uint64_t id, std::uint32_t entry,
+                         const std::array<unsigned char, 32>& digest) {
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t i = key_slot_hash(id) & mask;; i = (i + 1) & mask) {
+    Slot& s = slots_[i];
+    if (s.entry == kEmpty) {
+      s = Slot{id, entry, digest};
+      ++used_;
+      return;
+    }
+    if (s.id == id) {  // a duplicate id (cannot happen: ids are unique in the store)
+      s.entry = entry;
+      s.digest = digest;
+      return;
+    }
+  }
+}
+
+template <class T>
+void KeyIndex<T>::grow() {
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(old.empty() ? 16 : old.size() * 2, Slot{});
+  used_ = 0;
+  for (const Slot& s : old) {
+    if (s.entry != kEmpty) {
+      insert(s.id, s.entry, s.digest);
+    }
+  }
+}
 
 template <class T>
 const typename KeyIndex<T>::Entry* KeyIndex<T>::verify(std::string_view presented) const {
-  std::string_view id;
-  if (!parse_key(presented, id)) {
+  std::uint64_t id = 0;
+  if (slots_.empty() || !parse_key_id(presented, id)) {
     return nullptr;
   }
-  const auto it = entries_.find(id);
-  if (it == entries_.end() || it->second.key.revoked) {
-    return nullptr;
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t i = key_slot_hash(id) & mask;; i = (i + 1) & mask) {
+    const Slot& s = slots_[i];
+    if (s.entry == kEmpty) {
+      return nullptr;  // the table is at most half full: a miss ends at an empty slot
+    }
+    if (s.id == id) {
+      std::array<unsigned char, 32> digest;
+      core::sha256(presented, digest);
+      if (!core::constant_time_equal(
+              std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()),
+              std::string_view(reinterpret_cast<const char*>(s.digest.data()), s.digest.size()))) {
+        return nullptr;
+      }
+      return &entries_[s.entry];
+    }
   }
-  std::array<char, 64> hash;
-  core::sha256_hex(presented, hash);
-  if (!core::constant_time_equal(std::string_view(hash.data(), hash.size()), it->second.key.hash)) {
-    return nullptr;
-  }
-  return &it->second;
 }
 
 }  // namespace gatehouse::auth
@@ -135,8 +204,9 @@ const typename KeyIndex<T>::Entry* KeyIndex<T>::verify(std::string_view presente
 // Access keys: an access key id "GHIA" + 16 characters [A-Z2-7] (20 characters, the shape of an
 // AWS key id) and a 40-character secret. SigV4 verifies an HMAC keyed by the secret, so the
 // secret cannot be stored hashed: it is stored encrypted with AES-256-GCM under a key-encryption
-// key (KEK) kept in a file created 0600 outside the store (docs/sigv4.md says why). Each key
-// belongs to one principal, a role ARN "arn:gatehouse:iam::<account>:role/<name>".
+// key (KEK) kept in a file created 0600 outside the store (docs/identity.md, "SigV4 access keys",
+// says why). Each key belongs to one principal, a role ARN
+// "arn:gatehouse:iam::<account>:role/<name>".
 
 namespace gatehouse::auth {
 
@@ -161,8 +231,9 @@ struct CreatedAccessKey {
 // kNotFound (absent and !create).
 [[nodiscard]] core::Result<std::array<unsigned char, 32>> load_kek(const std::string& path,
                                                                    bool create);
-// Where the KEK lives by default: beside a sqlite store ("<db file>.kek"), else "./data/gatehouse.kek".
-[[nodiscard]] std::string default_kek_path(std::string_view store_url);
+// Where the KEK lives: `kek_file` (config credentials.kek_file) when set, else beside a sqlite
+// store ("<db file>.kek"), else "./data/gatehouse.kek".
+[[nodiscard]] std::string kek_path(std::string_view kek_file, std::string_view store_url);
 
 // An access key with its secret, decrypted: what the verifier needs. Immutable once built.
 struct Credential {
@@ -241,13 +312,13 @@ struct SigV4Request {
 
 // How the payload is covered (x-amz-content-sha256).
 enum class PayloadMode : std::uint8_t {
-  kNone,               // no body: verified at once with the empty hash
-  kUnsigned,           // UNSIGNED-PAYLOAD
-  kDeclaredHash,       // a hex SHA-256 in the header: signature checked before the body, the
-                       // body's hash after it
-  kBodyHash,           // no header (non-S3 clients): the signature covers sha256(body), so it is
-                       // checked once the body is read
-  kStreamingSigned,    // STREAMING-AWS4-HMAC-SHA256-PAYLOAD: aws-chunked, chunk signatures
+  kNone,             // no body: verified at once with the empty hash
+  kUnsigned,         // UNSIGNED-PAYLOAD
+  kDeclaredHash,     // a hex SHA-256 in the header: signature checked before the body, the
+                     // body's hash after it
+  kBodyHash,         // no header (non-S3 clients): the signature covers sha256(body), so it is
+                     // checked once the body is read
+  kStreamingSigned,  // STREAMING-AWS4-HMAC-SHA256-PAYLOAD: aws-chunked, chunk signatures
   kStreamingUnsignedTrailer,  // STREAMING-UNSIGNED-PAYLOAD-TRAILER: aws-chunked + checksum
 };
 
@@ -261,15 +332,15 @@ constexpr std::chrono::minutes kSigV4MaxSkew{15};
 // capacity). Holds the derived signing key while the request lives; never logged.
 struct SigV4State {
   PayloadMode mode = PayloadMode::kNone;
-  bool verified = false;        // the request signature has been checked and matched
-  std::string principal;        // role ARN, once verified
+  bool verified = false;  // the request signature has been checked and matched
+  std::string principal;  // role ARN, once verified
   std::string access_key_id;
-  std::string canonical;        // canonical request up to and including the signed-headers line
-  std::string amz_date;         // 20150830T123600Z
-  std::string scope;            // 20150830/us-east-1/service/aws4_request
-  std::string signature;        // presented (hex), then the chain's last for streaming
-  std::string declared_hash;    // kDeclaredHash: the header's value
-  std::string trailer;          // kStreamingUnsignedTrailer: x-amz-trailer (lower-case)
+  std::string canonical;      // canonical request up to and including the signed-headers line
+  std::string amz_date;       // 20150830T123600Z
+  std::string scope;          // 20150830/us-east-1/service/aws4_request
+  std::string signature;      // presented (hex), then the chain's last for streaming
+  std::string declared_hash;  // kDeclaredHash: the header's value
+  std::string trailer;        // kStreamingUnsignedTrailer: x-amz-trailer (lower-case)
   std::uint64_t decoded_length = 0;  // x-amz-decoded-content-length
   bool has_decoded_length = false;
   std::array<unsigned char, 32> signing_key{};
@@ -295,8 +366,7 @@ class SigV4Verifier {
   // X-Amz-Security-Token: session tokens are not issued here, so they are refused),
   // kNotImplemented (a payload mode this server does not verify).
   [[nodiscard]] core::Result<void> begin(const SigV4Request& req, const CredentialIndex& keys,
-                                         std::chrono::system_clock::time_point now,
-                                         SigV4State& st);
+                                         std::chrono::system_clock::time_point now, SigV4State& st);
   // After the body: checks the payload (and the signature for kBodyHash). For the streaming
   // modes decodes aws-chunked `body` into `payload`, verifying every chunk; otherwise `payload`
   // is left untouched and the body stands as is. Errors: kSignatureDoesNotMatch,
@@ -306,11 +376,11 @@ class SigV4Verifier {
 
   // Exposed for tests (the published vectors): the canonical request and string to sign of
   // `req` for the given signed headers and payload hash.
-  [[nodiscard]] static core::Result<std::string> canonical_request(
-      const SigV4Request& req, std::string_view signed_headers, std::string_view payload_hash,
-      bool s3, bool presigned);
-  [[nodiscard]] static std::string string_to_sign(std::string_view amz_date,
-                                                  std::string_view scope,
+  [[nodiscard]] static core::Result<std::string> canonical_request(const SigV4Request& req,
+                                                                   std::string_view signed_headers,
+                                                                   std::string_view payload_hash,
+                                                                   bool s3, bool presigned);
+  [[nodiscard]] static std::string string_to_sign(std::string_view amz_date, std::string_view scope,
                                                   std::string_view canonical);
 
   struct Cache;

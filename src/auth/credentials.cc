@@ -282,7 +282,10 @@ core::Result<std::array<unsigned char, 32>> load_kek(const std::string& path, bo
   return kek;
 }
 
-std::string default_kek_path(std::string_view store_url) {
+std::string kek_path(std::string_view kek_file, std::string_view store_url) {
+  if (!kek_file.empty()) {
+    return std::string(kek_file);
+  }
   constexpr std::string_view kSqlite = "sqlite://";
   if (store_url.substr(0, kSqlite.size()) == kSqlite) {
     const std::string_view file = store_url.substr(kSqlite.size());
@@ -292,6 +295,17 @@ std::string default_kek_path(std::string_view store_url) {
   }
   return "./data/gatehouse.kek";
 }
+
+namespace {
+
+// The principal is derived from the role and the configured account each time a record is read
+// (the stored one is informative): changing account_id moves every key with it, as it moves
+// every other ARN.
+std::string role_principal(std::string_view account, std::string_view role) {
+  return "arn:gatehouse:iam::" + std::string(account) + ":role/" + std::string(role);
+}
+
+}  // namespace
 
 CredentialRegistry::CredentialRegistry(store::Store& store, const core::Clock& clock,
                                        const std::array<unsigned char, 32>& kek,
@@ -309,7 +323,7 @@ core::Result<CreatedAccessKey> CredentialRegistry::create(std::string_view role)
   Record r;
   r.key.id = new_key_id();
   r.key.role = std::string(role);
-  r.key.principal = "arn:gatehouse:iam::" + account_ + ":role/" + std::string(role);
+  r.key.principal = role_principal(account_, role);
   r.key.created_ms = ms_since_epoch(clock_);
   out.secret = new_secret();
   auto sealed = seal(kek_, r.key.id, out.secret);
@@ -338,6 +352,7 @@ core::Result<std::vector<AccessKey>> CredentialRegistry::list() {
     if (!r) {
       return tl::unexpected(r.error());
     }
+    r->key.principal = role_principal(account_, r->key.role);
     out.push_back(std::move(r->key));
   }
   return out;
@@ -365,6 +380,7 @@ core::Result<AccessKey> CredentialRegistry::revoke(std::string_view id) {
   if (auto w = store_.write_sync(std::move(b)); !w) {
     return tl::unexpected(w.error());
   }
+  r->key.principal = role_principal(account_, r->key.role);
   return r->key;
 }
 
@@ -382,6 +398,7 @@ core::Result<std::shared_ptr<const CredentialIndex>> CredentialRegistry::load_in
     if (r->key.revoked) {
       continue;
     }
+    r->key.principal = role_principal(account_, r->key.role);
     auto secret = open_sealed(kek_, r->key.id, r->sealed);
     if (!secret) {
       return make_error(ErrorCode::kIo, "access key " + r->key.id + ": " + secret.error().message);

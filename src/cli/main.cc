@@ -15,6 +15,7 @@
 #include "cli/policy_cmd.h"
 #include "config/config.h"
 #include "gateway/gateway.h"
+#include "identity/identity.h"
 #include "runtime/runtime.h"
 #include "store/store.h"
 
@@ -171,17 +172,22 @@ int cmd_credentials(const std::string& action, const CredentialArgs& a) {
   if (!store) {
     return 1;
   }
-  const std::string kek_path = config.credentials.kek_file.empty()
-                                   ? gatehouse::auth::default_kek_path(config.store.state)
-                                   : config.credentials.kek_file;
+  if (action == "create" && config.find_role(a.role) == nullptr) {
+    std::fprintf(stderr, "gatehouse credentials: %s defines no role '%s' (add it to roles)\n",
+                 a.config.c_str(), a.role.c_str());
+    return 1;
+  }
+  const std::string kek_path =
+      gatehouse::auth::kek_path(config.credentials.kek_file, config.store.state);
   auto kek = gatehouse::auth::load_kek(kek_path, action == "create");
-  if (!kek && !(action == "list" && kek.error().code == gatehouse::core::ErrorCode::kNotFound)) {
+  // Listing and revoking never decrypt a secret: they work without the KEK file.
+  if (!kek && !(action != "create" && kek.error().code == gatehouse::core::ErrorCode::kNotFound)) {
     std::fprintf(stderr, "gatehouse credentials: %s\n", kek.error().message.c_str());
     return 1;
   }
   gatehouse::auth::CredentialRegistry reg(*store, gatehouse::core::system_clock(),
                                           kek ? *kek : std::array<unsigned char, 32>{},
-                                          config.credentials.account_id);
+                                          config.account_id);
   auto fail = [](const gatehouse::core::Error& e) {
     std::fprintf(stderr, "gatehouse credentials: %s\n", e.message.c_str());
     return e.code == gatehouse::core::ErrorCode::kNotFound ? 3 : 1;
@@ -217,6 +223,76 @@ int cmd_credentials(const std::string& action, const CredentialArgs& a) {
   return 0;
 }
 
+struct UserArgs {
+  std::string config = "gatehouse.yaml";
+  std::string pool;
+  std::string user;
+};
+
+// `gatehouse users ...`: user pool administration against the store (a running server sees
+// key rotations within a second, and user changes at once: it reads users from the store).
+int cmd_users(const std::string& action, const UserArgs& a) {
+  gatehouse::config::Config config;
+  auto store = open_store(a.config, config);
+  if (!store) {
+    return 1;
+  }
+  if (config.find_user_pool(a.pool) == nullptr) {
+    std::fprintf(stderr, "gatehouse users: %s defines no user pool '%s'\n", a.config.c_str(),
+                 a.pool.c_str());
+    return 1;
+  }
+  gatehouse::identity::UserPools pools(config, *store, gatehouse::core::system_clock());
+  const auto fail = [](const gatehouse::identity::IdpError& e) {
+    std::fprintf(stderr, "gatehouse users: %s\n", e.message.c_str());
+    return e.status == 404 ? 3 : 1;
+  };
+  const auto print_user = [](const gatehouse::identity::UserRecord& u) {
+    std::printf("%s\t%s\t%s\n", u.username.c_str(), u.sub.c_str(),
+                u.confirmed ? "confirmed" : "unconfirmed");
+  };
+  if (action == "list") {
+    auto users = pools.list_users(a.pool);
+    if (!users) {
+      return fail(users.error());
+    }
+    std::printf("username\tsub\tstatus\n");
+    for (const auto& u : *users) {
+      print_user(u);
+    }
+    return 0;
+  }
+  if (action == "confirm" || action == "signout") {
+    auto u = action == "confirm" ? pools.admin_confirm(a.pool, a.user)
+                                 : pools.admin_sign_out(a.pool, a.user);
+    if (!u) {
+      return fail(u.error());
+    }
+    print_user(*u);
+    return 0;
+  }
+  if (action == "rotate-key") {
+    auto k = pools.rotate_key(a.pool);
+    if (!k) {
+      return fail(k.error());
+    }
+    std::printf("%s\t%s\tactive\n", k->kid.c_str(),
+                std::string(gatehouse::identity::alg_name(k->alg)).c_str());
+    return 0;
+  }
+  auto keys = pools.list_keys(a.pool);
+  if (!keys) {
+    return fail(keys.error());
+  }
+  std::printf("kid\talg\tstatus\n");
+  for (const auto& k : *keys) {
+    std::printf("%s\t%s\t%s\n", k.kid.c_str(),
+                std::string(gatehouse::identity::alg_name(k.alg)).c_str(),
+                k.retired_ms == 0 ? "active" : "retired");
+  }
+  return 0;
+}
+
 // Runs one invocation locally, with the same runtime and sandbox as `serve` (no server needed).
 // The result goes to stdout; a failure's error document to stdout too, its summary to stderr.
 int cmd_invoke(const std::string& config_path, const std::string& function,
@@ -234,8 +310,8 @@ int cmd_invoke(const std::string& config_path, const std::string& function,
   gatehouse::runtime::Invocation inv;
   inv.function = function;
   inv.payload = payload;
-  inv.caller.principal = "admin";
-  inv.caller.source = gatehouse::runtime::SourceKind::kDirect;
+  // The operator acts as the admin principal, under admin.policies like the admin API.
+  inv.caller = gatehouse::runtime::admin_caller(*loaded);
   inv.caller.request_id = "cli";
   inv.caller.depth = depth;
   std::promise<gatehouse::runtime::InvokeResult> done;
@@ -321,6 +397,30 @@ int main(int argc, char** argv) {
       c->callback([&cred_action, c] { cred_action = c->get_name(); });
     }
 
+    UserArgs user_args;
+    std::string user_action;
+    auto* users = app.add_subcommand("users", "Administer user pools (users and signing keys)");
+    users->require_subcommand(1);
+    auto add_pool = [&](CLI::App* c) {
+      c->add_option("-c,--config", user_args.config, "Configuration file (for store.state)")
+          ->capture_default_str();
+      c->add_option("--pool", user_args.pool, "User pool")->required();
+    };
+    auto* ul = users->add_subcommand("list", "List a pool's users");
+    auto* uc = users->add_subcommand("confirm", "Confirm a user (pools with confirmation: admin)");
+    uc->add_option("user", user_args.user, "Username")->required();
+    auto* us =
+        users->add_subcommand("signout", "Sign a user out everywhere (revokes refresh tokens)");
+    us->add_option("user", user_args.user, "Username")->required();
+    auto* uk = users->add_subcommand("keys", "List a pool's signing keys");
+    auto* ur = users->add_subcommand(
+        "rotate-key",
+        "Make a new signing key active; old ones stay published until their tokens expire");
+    for (auto* c : {ul, uc, us, uk, ur}) {
+      add_pool(c);
+      c->callback([&user_action, c] { user_action = c->get_name(); });
+    }
+
     // `gatehouse policy ...` has its own parser and exit codes (src/cli/policy_cmd.cc); this
     // entry only lists it in --help.
     app.add_subcommand("policy", "Validate IAM policies and simulate decisions")->allow_extras();
@@ -348,6 +448,9 @@ int main(int argc, char** argv) {
     }
     if (*creds) {
       return cmd_credentials(cred_action, cred_args);
+    }
+    if (*users) {
+      return cmd_users(user_action, user_args);
     }
     if (*serve) {
       return cmd_serve(config_path);

@@ -85,19 +85,13 @@ int simulate(const SimulateArgs& a) {
     r.context.add(kv.substr(0, eq), kv.substr(eq + 1));  // a repeated key is multivalued
   }
   // The time keys the gateway would provide, unless the caller set them.
-  const auto now = std::chrono::system_clock::now();
-  const auto secs =
-      std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
-  if (r.context.find("aws:EpochTime") == nullptr) {
-    r.context.set("aws:EpochTime", std::to_string(secs));
-  }
-  if (r.context.find("aws:CurrentTime") == nullptr) {
-    const std::time_t t = static_cast<std::time_t>(secs);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    r.context.set("aws:CurrentTime", std::string(buf));
+  // Time keys from the clock, unless --context gave them.
+  policy::Context clock_keys;
+  policy::set_time_keys(clock_keys, std::chrono::system_clock::now());
+  for (std::string_view key : {"aws:EpochTime", "aws:CurrentTime"}) {
+    if (r.context.find(key) == nullptr) {
+      r.context.set(key, *clock_keys.find(key));
+    }
   }
   std::vector<const policy::Policy*> ids;
   ids.reserve(identity.size());

@@ -20,6 +20,8 @@
 
 #include "config/schema.h"
 #include "config/value.h"
+#include "core/core.h"
+#include "policy/policy.h"
 
 namespace gatehouse::config {
 namespace {
@@ -193,10 +195,10 @@ void check_function_target(Decoded& d, const std::string& base, const Route& r,
 
 // A function's runtime keys only make sense together.
 void check_function(Decoded& d, const std::string& base, const FunctionConfig& f) {
-  static constexpr std::array<std::string_view, 13> kRuntimeKeys{
+  static constexpr std::array<std::string_view, 14> kRuntimeKeys{
       "command",   "working_dir", "handler",        "env",      "memory_mb",
       "timeout_s", "max_queue",   "idle_timeout_s", "max_pids", "sandbox",
-      "role",      "invokers",    "reserved_concurrency"};
+      "role",      "invokers",    "reserved_concurrency",       "policy"};
   if (f.runtime == FunctionRuntime::kNone) {
     if (d.position(base + ".runtime").line > 0) {
       return;  // an invalid runtime, already reported
@@ -221,6 +223,321 @@ void check_function(Decoded& d, const std::string& base, const FunctionConfig& f
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Policies: every document was validated during the walk (with its YAML positions); here names
+// are resolved, each document is compiled once with its final id, and each use is checked
+// against its kind (identity policies name no Principal, resource policies always do).
+
+PolicyPtr compile_policy(const std::string& json, const std::string& id, policy::PolicyKind kind,
+                         std::string* error) {
+  auto p = policy::parse_policy(json, id, kind);
+  if (!p) {
+    if (error != nullptr) {
+      *error = p.error().message;
+    }
+    return nullptr;
+  }
+  return std::make_shared<const policy::Policy>(std::move(*p));
+}
+
+// Escapes `text` for a policy string pattern under 2012-10-17: '*', '?' and '$' stand for
+// themselves.
+std::string literal_pattern(std::string_view text) {
+  std::string out;
+  for (char ch : text) {
+    if (ch == '*' || ch == '?' || ch == '$') {
+      out += "${";
+      out += ch;
+      out += '}';
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+// The resource policy equivalent to a function's `invokers` (docs/policy.md, "Function
+// policies"): one Allow for the listed sources (condition key gatehouse:Source) and one for the
+// listed principals (aws:PrincipalArn), each entry literal but for a trailing '*'. No entry at
+// all allows nobody (the admin's identity policy still may).
+std::string invokers_policy(const FunctionConfig& f) {
+  constexpr std::string_view kPrincipal = "principal:";
+  auto statement = [&f, kPrincipal](std::string_view sid, std::string_view key, bool principals) {
+    std::string values;
+    for (std::string_view entry : f.invokers) {
+      if (entry.starts_with(kPrincipal) != principals) {
+        continue;
+      }
+      const bool wildcard = entry.ends_with('*');
+      entry.remove_suffix(wildcard ? 1 : 0);
+      entry.remove_prefix(principals ? kPrincipal.size() : 0);
+      values += values.empty() ? "\"" : ",\"";
+      core::json_escape(values, literal_pattern(entry) + (wildcard ? "*" : ""));
+      values += '"';
+    }
+    if (values.empty()) {
+      return std::string();
+    }
+    return std::string(R"({"Sid":")") + std::string(sid) +
+           R"(","Effect":"Allow","Principal":"*","Action":"lambda:InvokeFunction",)"
+           R"("Resource":"*","Condition":{"StringLike":{")" +
+           std::string(key) + "\":[" + values + "]}}}";
+  };
+  std::string sources = statement("InvokersSources", "gatehouse:Source", false);
+  std::string principals = statement("InvokersPrincipals", "aws:PrincipalArn", true);
+  if (sources.empty() && principals.empty()) {
+    sources = R"({"Sid":"NoInvokers","Effect":"Allow","Principal":"*","NotAction":"*",)"
+              R"("Resource":"*"})";
+  }
+  return R"({"Version":"2012-10-17","Statement":[)" + sources +
+         (sources.empty() || principals.empty() ? "" : ",") + principals + "]}";
+}
+
+// The policies[] entry `name` refers to at `path`, if it exists and is valid as `kind`; else
+// reports why and returns nullptr.
+const NamedPolicy* find_named(Decoded& d, const std::string& path, const std::string& name,
+                              const std::unordered_map<std::string_view, std::size_t>& index,
+                              policy::PolicyKind kind) {
+  const Config& c = d.config;
+  const auto it = index.find(name);
+  if (it == index.end()) {
+    d.diagnostics.add(d.position(path), path,
+                      "unknown policy '" + printable(name) + "'" +
+                          (c.policies.empty() ? std::string(" (no policies are defined)")
+                                              : suggestion(name, names_of(c.policies))));
+    return nullptr;
+  }
+  const NamedPolicy& np = c.policies[it->second];
+  if (np.json.empty()) {
+    return nullptr;  // its document is invalid, already reported
+  }
+  std::string error;
+  if (!compile_policy(np.json, np.name, kind, &error)) {
+    d.diagnostics.add(d.position(path), path,
+                      "policy '" + np.name + "' is not " +
+                          (kind == policy::PolicyKind::kIdentity ? "an identity" : "a resource") +
+                          " policy: " + error);
+    return nullptr;
+  }
+  return &np;
+}
+
+// Resolves a list of identity policy names into `out`.
+void resolve_identity(Decoded& d, const std::string& base, const std::vector<std::string>& names,
+                      const std::unordered_map<std::string_view, std::size_t>& index,
+                      std::vector<PolicyPtr>& out) {
+  for (std::size_t j = 0; j < names.size(); ++j) {
+    if (names[j].empty()) {
+      continue;  // invalid, already reported
+    }
+    if (const NamedPolicy* np =
+            find_named(d, item_path(d, base, j), names[j], index, policy::PolicyKind::kIdentity)) {
+      out.push_back(np->compiled);
+    }
+  }
+}
+
+// Resolves a route's or function's `policy` into its compiled resource policy.
+void resolve_resource(Decoded& d, const std::string& path, const std::string& inline_id,
+                      const std::unordered_map<std::string_view, std::size_t>& index,
+                      PolicyRef& ref) {
+  if (!ref.json.empty()) {
+    // Inline documents were validated during the walk; translated `invokers` were not.
+    std::string error;
+    ref.compiled = compile_policy(ref.json, inline_id, policy::PolicyKind::kResource, &error);
+    if (!ref.compiled) {
+      d.diagnostics.add(d.position(path), path,
+                        "cannot be used as a resource policy: " + error +
+                            " (write the function's `policy` instead)");
+    }
+    return;
+  }
+  if (ref.name.empty()) {
+    return;
+  }
+  if (const NamedPolicy* np = find_named(d, path, ref.name, index, policy::PolicyKind::kResource)) {
+    ref.compiled = np->compiled;
+  }
+}
+
+void check_policies(Decoded& d) {
+  Config& c = d.config;
+  const auto index = index_names(d, c.policies, "policies", "policy");
+  for (NamedPolicy& p : c.policies) {
+    if (!p.json.empty() && !p.name.empty()) {
+      p.compiled = compile_policy(p.json, p.name, policy::PolicyKind::kAny, nullptr);
+    }
+  }
+  const auto roles = index_names(d, c.roles, "roles", "role");
+  for (std::size_t i = 0; i < c.roles.size(); ++i) {
+    const std::string base = "roles[" + std::to_string(i) + "].policies";
+    resolve_identity(d, base, c.roles[i].policies, index, c.roles[i].compiled);
+  }
+  for (std::size_t i = 0; i < c.plans.size(); ++i) {
+    const std::string base = "plans[" + std::to_string(i) + "].policies";
+    resolve_identity(d, base, c.plans[i].policies, index, c.plans[i].compiled);
+  }
+  resolve_identity(d, "admin.policies", c.admin.policies, index, c.admin.compiled);
+  for (std::size_t i = 0; i < c.routes.size(); ++i) {
+    Route& r = c.routes[i];
+    resolve_resource(d, "routes[" + std::to_string(i) + "].policy", "route:" + r.name, index,
+                     r.policy);
+  }
+  for (std::size_t i = 0; i < c.functions.size(); ++i) {
+    FunctionConfig& f = c.functions[i];
+    const std::string base = "functions[" + std::to_string(i) + "]";
+    if (f.invokers_set && f.policy.set()) {
+      const std::string path = base + ".invokers";
+      d.diagnostics.add(d.position(path), path,
+                        "give either 'invokers' or 'policy', not both (invokers is a shorthand "
+                        "for a resource policy)");
+      continue;
+    }
+    f.arn = policy::function_arn(c.region, c.account_id, f.name);
+    if (f.invokers_set) {
+      f.policy.json = invokers_policy(f);
+    }
+    resolve_resource(d, base + (f.invokers_set ? ".invokers" : ".policy"), "function:" + f.name,
+                     index, f.policy);
+    if (!f.role.empty() && !roles.contains(f.role)) {
+      const std::string path = base + ".role";
+      d.diagnostics.add(d.position(path), path,
+                        "unknown role '" + printable(f.role) + "'" +
+                            (c.roles.empty() ? std::string(" (no roles are defined)")
+                                             : suggestion(f.role, names_of(c.roles))));
+    }
+  }
+}
+
+// User pools: clients, throttle bounds, and the issuer default (from server.listen, so every
+// reader of the config — the gateway, the CLI — computes the same one).
+void check_user_pools(Decoded& d) {
+  Config& c = d.config;
+  for (std::size_t i = 0; i < c.user_pools.size() && !d.diagnostics.full(); ++i) {
+    UserPool& p = c.user_pools[i];
+    const std::string base = "user_pools[" + std::to_string(i) + "]";
+    if (d.position(base + ".clients").line > 0 && p.clients.empty()) {
+      d.diagnostics.add(d.position(base + ".clients"), base + ".clients",
+                        "must list at least one client id");
+    }
+    const SignInThrottle& t = p.sign_in_throttle;
+    if (t.max_delay < t.base_delay) {
+      const std::string path = base + ".sign_in_throttle.max_delay";
+      Position pos = d.position(path);
+      if (pos.line == 0) {
+        pos = d.position(base + ".sign_in_throttle.base_delay");
+      }
+      d.diagnostics.add(pos, path, "must be at least sign_in_throttle.base_delay");
+    }
+    if (p.issuer.empty() && !p.name.empty()) {
+      std::string host = c.server.listen.host;
+      if (host == "0.0.0.0" || host == "::" || host.empty()) {
+        host = "localhost";
+      } else if (host.find(':') != std::string::npos) {
+        host = "[" + host + "]";
+      }
+      p.issuer = "http://";
+      p.issuer += host;
+      p.issuer += ':';
+      p.issuer += std::to_string(c.server.listen.port);
+      p.issuer += c.identity.path_prefix;
+      p.issuer += '/';
+      p.issuer += p.name;
+    }
+  }
+  if (!c.user_pools.empty()) {
+    const std::string& prefix = c.identity.path_prefix;
+    // Either path is the other or lies under it.
+    const auto overlaps = [&](const std::string& path) {
+      return path == prefix || path.starts_with(prefix + "/") || prefix.starts_with(path + "/");
+    };
+    const AdminConfig& a = c.admin;
+    if (overlaps(a.admin_prefix) || overlaps(a.health_path) || overlaps(a.metrics_path)) {
+      Position pos = d.position("identity.path_prefix");
+      for (const char* other :
+           {"admin.admin_prefix", "admin.health_path", "admin.metrics_path", "user_pools"}) {
+        if (pos.line == 0) {
+          pos = d.position(other);
+        }
+      }
+      d.diagnostics.add(
+          pos, "identity.path_prefix",
+          "'" + printable(prefix) + "' overlaps the admin prefix, health or metrics path");
+    }
+  }
+}
+
+// A route's `auth` and `jwt` keys agree, and its jwt block names a pool that exists (whose
+// issuer and clients are then its defaults) or gives an issuer and an audience of its own.
+void check_route_auth(Decoded& d, const std::string& base, Route& r,
+                      const std::unordered_map<std::string_view, std::size_t>& pools) {
+  const Config& c = d.config;
+  const bool has_block = d.position(base + ".jwt").line > 0;
+  if (r.auth != RouteAuth::kApiKey && r.api_key != ApiKeyMode::kNone) {
+    d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
+                      std::string("auth: ") + (r.auth == RouteAuth::kJwt ? "jwt" : "sigv4") +
+                          " cannot be combined with api_key: optional or required");
+  }
+  if (r.auth != RouteAuth::kJwt) {
+    if (has_block) {
+      d.diagnostics.add(d.position(base + ".jwt"), base + ".jwt", "only applies with auth: jwt");
+    }
+    return;
+  }
+  if (!has_block) {
+    d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
+                      "auth: jwt needs a 'jwt' block (jwks, issuer, audience)");
+    return;
+  }
+  JwtAuthorizerConfig& j = r.jwt;
+  const std::string jbase = base + ".jwt";
+  if (j.token_use.empty()) {
+    j.token_use = j.source == JwksSource::kPool ? "access" : "any";
+  }
+  if (j.source == JwksSource::kPool) {
+    const auto it = pools.find(j.location);
+    if (it == pools.end()) {
+      std::vector<std::string_view> names = names_of(c.user_pools);
+      d.diagnostics.add(d.position(jbase + ".jwks"), jbase + ".jwks",
+                        "unknown user pool '" + printable(j.location) + "'" +
+                            (names.empty() ? std::string(" (no user_pools are defined)")
+                                           : suggestion(j.location, names)));
+      return;
+    }
+    const UserPool& p = c.user_pools[it->second];
+    if (j.issuer.empty()) {
+      j.issuer = p.issuer;
+    } else if (j.issuer != p.issuer) {
+      d.diagnostics.add(d.position(jbase + ".issuer"), jbase + ".issuer",
+                        "differs from the issuer of pool '" + p.name + "' (" + printable(p.issuer) +
+                            "); leave it out");
+    }
+    if (j.audience.empty()) {
+      j.audience = p.clients;
+    }
+    for (std::size_t k = 0; k < j.audience.size(); ++k) {
+      const std::string& a = j.audience[k];
+      if (!a.empty() && std::find(p.clients.begin(), p.clients.end(), a) == p.clients.end()) {
+        const std::string path = item_path(d, jbase + ".audience", k);
+        d.diagnostics.add(d.position(path), path,
+                          "'" + printable(a) + "' is not a client of pool '" + p.name + "'");
+      }
+    }
+    return;
+  }
+  if (j.source == JwksSource::kNone) {
+    return;  // a bad jwks value, already reported
+  }
+  if (j.issuer.empty()) {
+    d.diagnostics.add(d.position(jbase), jbase,
+                      "missing required key 'issuer' (required with a file or url key set)");
+  }
+  if (j.audience.empty()) {
+    d.diagnostics.add(d.position(jbase), jbase,
+                      "missing required key 'audience' (required with a file or url key set)");
+  }
+}
+
 // The checks that need more than one value: references between sections, unique names, and the
 // route name default (which must exist before names can be compared).
 void check_references(Decoded& d) {
@@ -229,6 +546,8 @@ void check_references(Decoded& d) {
   const auto upstreams = index_names(d, c.upstreams, "upstreams", "upstream");
   const auto functions = index_names(d, c.functions, "functions", "function");
   index_names(d, c.plans, "plans", "plan");
+  const auto pools = index_names(d, c.user_pools, "user_pools", "user pool");
+  check_user_pools(d);
   const std::vector<std::string_view> stage_names = names_of(c.stages);
   const std::vector<std::string_view> upstream_names = names_of(c.upstreams);
   const std::vector<std::string_view> function_names = names_of(c.functions);
@@ -261,10 +580,7 @@ void check_references(Decoded& d) {
       }
     }
     check_stage_list(d, base + ".stages", r.stages, stages, stage_names);
-    if (r.auth == RouteAuth::kSigV4 && r.api_key != ApiKeyMode::kNone) {
-      d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
-                        "auth: sigv4 cannot be combined with api_key: optional or required");
-    }
+    check_route_auth(d, base, r, pools);
     const std::string& function = r.target.function;
     if (!function.empty() && !functions.contains(function)) {
       const std::string path = d.position(base + ".function").line > 0 ||
@@ -294,6 +610,13 @@ void check_references(Decoded& d) {
   for (std::size_t i = 0; i < c.functions.size() && !d.diagnostics.full(); ++i) {
     check_function(d, "functions[" + std::to_string(i) + "]", c.functions[i]);
   }
+
+  if (!d.diagnostics.full()) {
+    check_policies(d);
+  }
+  // One account id and region for every ARN, the user pools' included.
+  c.identity.account_id = c.account_id;
+  c.identity.region = c.region;
 
   const AdminConfig& a = c.admin;
   if (a.health_path == a.metrics_path) {
@@ -421,6 +744,24 @@ const Upstream* Config::find_upstream(std::string_view name) const {
 
 const Plan* Config::find_plan(std::string_view name) const {
   for (const Plan& p : plans) {
+    if (p.name == name) {
+      return &p;
+    }
+  }
+  return nullptr;
+}
+
+const Role* Config::find_role(std::string_view name) const {
+  for (const Role& r : roles) {
+    if (r.name == name) {
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+const UserPool* Config::find_user_pool(std::string_view name) const {
+  for (const auto& p : user_pools) {
     if (p.name == name) {
       return &p;
     }

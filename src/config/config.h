@@ -11,13 +11,57 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <tl/expected.hpp>
 #include <vector>
 
+namespace gatehouse::policy {
+class Policy;
+}
+
 namespace gatehouse::config {
+
+// A compiled IAM policy document (src/policy), parsed and validated once at load. Immutable and
+// shared by every copy of the Config and by the snapshots built from it.
+using PolicyPtr = std::shared_ptr<const policy::Policy>;
+
+// A named policy document (YAML policies[]): an identity or resource policy referenced by name
+// from plans, roles, admin, routes and functions (docs/policy.md, "Wiring").
+struct NamedPolicy {
+  std::string name;    // [A-Za-z0-9_-]{1,64}, unique; required. The policy's id in decisions
+  std::string json;    // the document as JSON: an inline YAML/JSON mapping converted, or the
+                       // contents of the file a string names (relative to the config file);
+                       // at most 20480 bytes (policy::kMaxPolicyBytes); required
+  PolicyPtr compiled;  // set once the whole config is valid
+  int line = 0;
+};
+
+// A resource policy on a route or a function (YAML `policy`): the name of a policies[] entry, or
+// an inline mapping (then its id is "route:<name>" / "function:<name>"). Empty = none.
+struct PolicyRef {
+  std::string name;    // a policies[] name, or "" for an inline document
+  std::string json;    // an inline document as JSON
+  PolicyPtr compiled;  // set once the whole config is valid; null = no policy
+  [[nodiscard]] bool set() const noexcept { return !name.empty() || !json.empty(); }
+};
+
+// A role: an identity a function acts as (FunctionConfig::role), with its identity policies.
+struct Role {
+  std::string name;                   // [A-Za-z0-9_-]{1,64}, unique; required
+  std::vector<std::string> policies;  // policies[] names (checked); at most 10
+  std::vector<PolicyPtr> compiled;    // the same, compiled
+  int line = 0;
+};
+
+// How routes with no policy in play are treated (YAML authorization.default).
+struct AuthorizationConfig {
+  // false (allow, the default): a route with no resource policy, called by a principal with no
+  // identity policy, is open as before policies existed. true (deny): it is refused.
+  bool default_deny = false;
+};
 
 using std::chrono::milliseconds;
 
@@ -86,6 +130,9 @@ struct Plan {
   std::vector<std::string> routes;      // route names (checked), at most 10000;
                                         // empty = every route
   std::vector<PlanOverride> overrides;  // at most 10000
+  std::vector<std::string> policies;    // identity policies of every key on the plan:
+                                        // policies[] names (checked); at most 10
+  std::vector<PolicyPtr> compiled;      // the same, compiled
   int line = 0;                         // 1-based line where it was declared, for messages
 };
 
@@ -94,13 +141,17 @@ enum class FunctionRuntime : std::uint8_t { kNone, kLambda, kExec };
 
 // What a function process may reach on the network (YAML sandbox.network).
 enum class NetworkMode : std::uint8_t {
-  kNone,      // its own empty network namespace (only its own loopback); the default
-  kLoopback,  // reserved: today the host network, with a warning at start (not enforced yet)
+  kNone,      // its own network namespace: nothing but the runtime API; listen() and unix
+              // sockets refused. The default
+  kLoopback,  // its own network namespace with its loopback up: its own 127.0.0.1 services;
+              // unix sockets refused
   kHost,      // the host network
 };
 
 struct SandboxConfig {
   NetworkMode network = NetworkMode::kNone;  // none | loopback | host; default none
+  std::uint32_t tmp_mb = 64;  // size of its private /tmp (and /dev/shm), tmpfs counted in
+                              // memory_mb; 1..4096, default 64
 };
 
 // A function: its limits (however it is reached: every route whose `function` names it) and,
@@ -125,11 +176,16 @@ struct FunctionConfig {
   std::uint32_t max_pids = 64;            // tasks (processes + threads) per worker; 1..4096
   SandboxConfig sandbox;
   std::string role;                       // the role its invocations act as; "" = none
-  std::vector<std::string> invokers;      // who may invoke it: "route:NAME", "trigger:NAME",
-                                          // "workflow:NAME", "principal:ID"; a trailing '*'
-                                          // matches any suffix. Absent = every route that
-                                          // targets it. The admin API may always invoke.
+  std::vector<std::string> invokers;      // shorthand for a resource policy (not with `policy`):
+                                          // "route:NAME", "trigger:NAME", "workflow:NAME",
+                                          // "principal:ARN"; a trailing '*' matches any suffix.
+                                          // Translated at load into `policy` (docs/policy.md)
   bool invokers_set = false;              // `invokers` was given (even empty)
+  PolicyRef policy;                       // resource policy for lambda:InvokeFunction. None =
+                                          // every route that targets it, plus principals whose
+                                          // identity policies allow it (admin by default)
+  std::string arn;                        // arn:gatehouse:lambda:<region>:<account>:function:
+                                          // <name>, set at load
   int line = 0;                           // 1-based line where it was declared, for messages
 };
 
@@ -162,18 +218,44 @@ struct ThrottlingConfig {
 // Whether a route takes an API key (YAML api_key: none | optional | required; default none).
 enum class ApiKeyMode : std::uint8_t { kNone, kOptional, kRequired };
 
-// How a route authenticates callers (YAML auth: api_key | sigv4; default api_key, where the
-// route's api_key field decides). sigv4: AWS Signature Version 4 with access keys issued by
-// `gatehouse credentials create`; the principal is the key's role ARN (docs/sigv4.md).
-enum class RouteAuth : std::uint8_t { kApiKey, kSigV4 };
+// How a route authenticates callers (YAML auth: api_key | jwt | sigv4; default api_key, where the
+// route's api_key field decides). jwt: a bearer JWT checked by the route's `jwt` block
+// (docs/identity.md). sigv4: AWS Signature Version 4 with access keys issued to roles by
+// `gatehouse credentials create`; the principal is the key's role ARN (docs/identity.md).
+enum class RouteAuth : std::uint8_t { kApiKey, kJwt, kSigV4 };
 
-// SigV4 access keys.
+// SigV4 access keys (YAML credentials). Their ARNs use Config::account_id, and signatures must
+// be scoped to Config::region.
 struct CredentialsConfig {
-  std::string kek_file;                  // key-encryption key file (created 0600); "" = beside
-                                         // the sqlite store ("<db>.kek"); 1..4096 bytes
-  std::string account_id = "000000000000";  // the account of role ARNs: 12 digits
-  std::string region = "us-east-1";      // the region signatures must be scoped to;
-                                         // [A-Za-z0-9_-]{1,64}
+  std::string kek_file;  // key-encryption key file (created 0600); "" = beside the sqlite store
+                         // ("<db>.kek"); 1..4096 bytes
+};
+
+// Where a JWT authorizer gets its verification keys (YAML jwt.jwks: "pool NAME", "file PATH" or
+// "url http://127.0.0.1:PORT/PATH").
+enum class JwksSource : std::uint8_t { kNone, kPool, kFile, kUrl };
+
+// A route's JWT authorizer (YAML routes[].jwt), with `auth: jwt`.
+struct JwtAuthorizerConfig {
+  JwksSource source = JwksSource::kNone;  // required
+  std::string jwks;                       // as written ("pool main"): the cache key of the key set
+  std::string location;  // the pool name, file path (relative: to the working directory) or
+                         // URL (http, host 127.0.0.0/8, ::1 or localhost; checked)
+  std::string url_host;  // kUrl: the URL's parts (IPv6 without brackets)
+  std::uint16_t url_port = 80;
+  std::string url_path;  // "/" when the URL has none
+  std::string issuer;    // "iss" must equal it; required for file and url, defaults to the
+                         // pool's issuer for a pool (and must equal it when given)
+  std::vector<std::string> audience;    // accepted "aud" / "client_id" values, 1..100 items;
+                                        // required for file and url; default for a pool: its
+                                        // clients
+  std::string token_use;                // access | id | any; default access for a pool (its
+                                        // tokens carry token_use), any for file and url
+                                        // (most issuers do not send it)
+  std::vector<std::string> scopes;      // at least one of them must be in "scope"; at most 100;
+                                        // empty = no scope needed
+  std::vector<std::string> algorithms;  // EdDSA and/or RS256; empty (the default) = both
+  milliseconds leeway{60'000};          // clock skew allowed on exp/nbf/iat; 0..5m
 };
 
 // What a route answers with.
@@ -221,10 +303,14 @@ struct Route {
   Target target;                     // target.function must name a Config::functions entry
                                      // when set (checked)
   ApiKeyMode api_key = ApiKeyMode::kNone;  // YAML api_key: none | optional | required
-  RouteAuth auth = RouteAuth::kApiKey;     // YAML auth: api_key | sigv4 (sigv4 excludes
-                                           // api_key: optional/required)
+  RouteAuth auth = RouteAuth::kApiKey;     // YAML auth: api_key | jwt | sigv4 (jwt and sigv4
+                                           // exclude api_key: optional/required; jwt needs
+                                           // the jwt block)
+  JwtAuthorizerConfig jwt;                 // with auth: jwt only (checked)
   RateConfig throttle;                     // the route, all callers together; unset = no limit
   std::uint32_t concurrency = 0;           // most in flight; 0 = unlimited; 0..1000000
+  PolicyRef policy;                        // resource policy for gatehouse:Invoke; none = see
+                                           // AuthorizationConfig
   int line = 0;                            // 1-based line where it was declared, for messages
 };
 
@@ -245,6 +331,70 @@ struct Upstream {
   std::uint64_t max_response_bytes = std::uint64_t{10} * 1024 * 1024;  // 0..4 GiB
 };
 
+// A user pool's password rules (checked at sign-up). Passwords are 1..1024 bytes in any case.
+struct PasswordPolicy {
+  std::uint32_t min_length = 12;  // bytes; 6..256
+  bool require_lowercase = false;
+  bool require_uppercase = false;
+  bool require_digits = false;
+  bool require_symbols = false;  // any printable ASCII that is not a letter, digit or space
+};
+
+// Token lifetimes of a user pool.
+struct TokenLifetimes {
+  milliseconds access{3'600'000};           // 5m..24h
+  milliseconds id{3'600'000};               // 5m..24h
+  milliseconds refresh{30LL * 86'400'000};  // 1h..87600h (10 years); default 720h
+};
+
+// Failed sign-ins, counted per user and per client IP: after `free_attempts` failures, each
+// further failure locks that user (or IP) out of sign-in for base_delay * 2^(n - 1) (n = failures
+// past the free ones), capped at max_delay; an attempt during a lock-out is refused with 429 and
+// Retry-After without checking the password. A success clears the user's count; counts are
+// forgotten reset_after the last failure. In memory (a restart forgets them).
+struct SignInThrottle {
+  std::uint32_t free_attempts = 5;      // 0..1000
+  milliseconds base_delay{1'000};       // 1ms..1h
+  milliseconds max_delay{900'000};      // base_delay..24h
+  milliseconds reset_after{3'600'000};  // 1s..168h
+};
+
+// argon2id cost for new password hashes (libsodium crypto_pwhash); hashes keep their own
+// parameters, and a sign-in rehashes a password whose hash used other ones.
+struct Argon2Config {
+  std::uint32_t ops_limit = 2;                             // passes; 1..20
+  std::uint64_t memory = std::uint64_t{64} * 1024 * 1024;  // bytes; 8KiB..1GiB
+};
+
+// A user pool (YAML user_pools[]): users who sign up and sign in for tokens (docs/identity.md).
+struct UserPool {
+  std::string name;    // [A-Za-z0-9_-]{1,64}, unique; required
+  std::string issuer;  // the tokens' "iss"; "" = http://<server.listen><path_prefix>/<name>
+                       // (localhost for a wildcard listen host); 1..1024 bytes
+  std::string signing_alg = "EdDSA";  // EdDSA | RS256: the algorithm of new signing keys
+  std::string confirmation = "auto";  // auto | admin: who confirms a sign-up
+  std::vector<std::string> clients;   // app client ids allowed to sign in ("aud" of ID tokens,
+                                      // "client_id" of access tokens); 1..100, names; required
+  PasswordPolicy password_policy;
+  TokenLifetimes tokens;
+  SignInThrottle sign_in_throttle;
+  Argon2Config argon2;
+  int line = 0;  // 1-based line where it was declared, for messages
+};
+
+// Identity settings shared by user pools and JWT authorizers.
+struct IdentityConfig {
+  std::string account_id = "000000000000";  // the <account> and <region> of user ARNs: copies
+  std::string region = "us-east-1";         // of Config::account_id / region made at load
+  std::string path_prefix = "/auth";        // user pool endpoints: <prefix>/<pool>/signin ...
+  std::uint32_t hash_threads = 1;           // threads running argon2id; 1..64 (restart)
+  std::uint32_t max_pending = 64;           // sign-ups/sign-ins queued for them; past it 503
+                                            // IdentityBusy; 1..100000
+  milliseconds jwks_refresh{300'000};       // file and url key sets are re-read this often;
+                                            // 1s..24h (an unknown kid triggers an early
+                                            // re-read, at most every 10 s)
+};
+
 struct AdminConfig {
   std::string token_sha256;               // hex SHA-256 of the admin token, stored lower-case;
                                           // "" disables admin endpoints
@@ -252,6 +402,10 @@ struct AdminConfig {
   std::string metrics_path = "/metrics";  // metrics_path != health_path
   std::string admin_prefix = "/admin";    // no trailing '/'
   bool metrics_public = false;            // true: /metrics without the admin token
+  std::vector<std::string> policies;      // identity policies of the admin principal
+                                          // (policies[] names, checked; at most 10); empty =
+                                          // allowed everything
+  std::vector<PolicyPtr> compiled;        // the same, compiled
 };
 
 struct LogConfig {
@@ -280,6 +434,13 @@ struct Config {
   std::vector<FunctionConfig> functions;  // at most 10000
   std::vector<Plan> plans;                // at most 1000
   RuntimeConfig runtime;
+  std::string account_id = "000000000000";  // 12 digits: the <account> of every ARN
+  std::string region = "us-east-1";         // [a-z0-9-]{1,32}: the <region> of every ARN
+  std::vector<NamedPolicy> policies;        // at most 1000
+  std::vector<Role> roles;                  // at most 1000
+  AuthorizationConfig authorization;
+  IdentityConfig identity;
+  std::vector<UserPool> user_pools;  // at most 100
 
   // The upstream called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const Upstream* find_upstream(std::string_view name) const;
@@ -287,6 +448,10 @@ struct Config {
   [[nodiscard]] const Plan* find_plan(std::string_view name) const;
   // The function called `name`, or nullptr. Linear; the pointer lives as long as this Config.
   [[nodiscard]] const FunctionConfig* find_function(std::string_view name) const;
+  // The role called `name`, or nullptr. Linear; the pointer lives as long as this Config.
+  [[nodiscard]] const Role* find_role(std::string_view name) const;
+  // The user pool called `name`, or nullptr. Linear; the pointer lives as long as this Config.
+  [[nodiscard]] const UserPool* find_user_pool(std::string_view name) const;
 };
 
 // One problem found in a config file.

@@ -5,10 +5,18 @@
 // gatehouse.example.yaml, and add a rejection case to tests/unit/config/bad/.
 #include "config/schema.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <span>
@@ -18,6 +26,8 @@
 #include <variant>
 
 #include "config/value.h"
+#include "core/core.h"
+#include "policy/policy.h"
 
 namespace gatehouse::config::detail {
 namespace {
@@ -63,12 +73,14 @@ enum class Format : std::uint8_t {
   kHeaderName,  // an HTTP token of at most 256 bytes, not a framing header (stored lower-case)
   kPeriod,      // DAY | WEEK | MONTH
   kFsPath,      // an absolute filesystem path without control characters
-  kInvoker,     // route:NAME | trigger:NAME | workflow:NAME | principal:ID, optional trailing '*'
+  kInvoker,     // route:NAME | trigger:NAME | workflow:NAME | principal:ARN, optional trailing '*'
+  kAccountId,   // 12 decimal digits
+  kRegion,      // [a-z0-9-]{1,32}
 };
 
 // The kinds of invocation source a function's `invokers` may name.
-constexpr std::array<std::string_view, 4> kInvokerKinds{"route:", "trigger:", "workflow:",
-                                                        "principal:"};
+constexpr std::array<std::string_view, 4> kInvokerKinds{
+    "route:", "trigger:", "workflow:", "principal:"};
 
 constexpr std::array<std::string_view, 6> kLogLevels{"trace", "debug", "info",
                                                      "warn",  "error", "off"};
@@ -271,6 +283,9 @@ class Walker {
   }
 
   void remember(Position pos, const std::string& path) { out_.positions.emplace(path, pos); }
+
+  // The name of the file being loaded (relative policy files are read next to it).
+  [[nodiscard]] const std::string& source() const noexcept { return out_.config.source; }
 
   std::optional<bool> boolean(const Value& v, const std::string& path) {
     if (v.node.IsScalar() && may_be(v.node, "bool")) {
@@ -540,9 +555,28 @@ class Walker {
           return "must not contain control characters";
         }
         return std::nullopt;
+      case Format::kAccountId:
+        if (s.size() != 12 ||
+            !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+          return "'" + printable(s) + "' is not an account id: use 12 decimal digits";
+        }
+        return std::nullopt;
+      case Format::kRegion:
+        if (s.empty() || s.size() > 32 || !std::all_of(s.begin(), s.end(), [](char c) {
+              return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+            })) {
+          return "'" + printable(s) + "' is not a region: use 1 to 32 of a-z, 0-9 and '-'";
+        }
+        return std::nullopt;
       case Format::kInvoker: {
         if (has_control(s, false)) {
           return "must not contain control characters";
+        }
+        if (std::string_view(s).starts_with("principal:") &&
+            !std::string_view(s).substr(10).starts_with("arn:")) {
+          return "'" + printable(s) +
+                 "' must name the principal's ARN: principal:arn:gatehouse:iam::<account>:"
+                 "role/NAME, ...:apikey/ID, ...:admin (docs/policy.md, \"Principals\")";
         }
         for (std::string_view kind : kInvokerKinds) {
           if (std::string_view(s).starts_with(kind) && s.size() > kind.size()) {
@@ -550,7 +584,7 @@ class Walker {
           }
         }
         return "'" + printable(s) +
-               "' must be route:NAME, trigger:NAME, workflow:NAME or principal:ID "
+               "' must be route:NAME, trigger:NAME, workflow:NAME or principal:ARN "
                "(a trailing '*' matches any suffix)";
       }
     }
@@ -834,6 +868,17 @@ constexpr Field<S> boolean(std::string_view key, bool S::*member) {
   return {.key = key, .kind = Kind::kBool, .slot = member};
 }
 
+// A list of policies[] names (checked once the whole file is read): identity policies.
+template <class S>
+constexpr Field<S> policy_names(std::vector<std::string> S::*member) {
+  return {.key = "policies",
+          .kind = Kind::kStringList,
+          .slot = member,
+          .min = 0,
+          .max = 10,
+          .format = Format::kName};
+}
+
 template <class S>
 constexpr Field<S> string(std::string_view key, std::string S::*member, std::int64_t min,
                           std::int64_t max, Format format, bool required = false) {
@@ -968,34 +1013,149 @@ void decode_api_key(Walker& w, const Field<Route>& f, const Value& v, const std:
   }
 }
 
+// A string that must be one of `allowed`; nullopt (and one error listing them) otherwise.
+template <class S>
+std::optional<std::string> one_of(Walker& w, const Field<S>& f, const Value& v,
+                                  const std::string& path,
+                                  std::initializer_list<std::string_view> allowed) {
+  auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return std::nullopt;
+  }
+  if (std::find(allowed.begin(), allowed.end(), *s) != allowed.end()) {
+    return s;
+  }
+  std::string list;
+  for (std::string_view a : allowed) {
+    list += (list.empty() ? "" : ", ") + std::string(a);
+  }
+  w.error(v.pos, path, "'" + printable(*s) + "' is not one of " + list);
+  return std::nullopt;
+}
+
 void decode_route_auth(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
                        Route& out) {
-  const auto s = w.string(v, path, f.min, f.max, f.format);
-  if (!s) {
-    return;
-  }
-  if (*s == "api_key") {
-    out.auth = RouteAuth::kApiKey;
-  } else if (*s == "sigv4") {
-    out.auth = RouteAuth::kSigV4;
-  } else {
-    w.error(v.pos, path, "'" + printable(*s) + "' is not one of api_key, sigv4");
+  if (const auto s = one_of(w, f, v, path, {"api_key", "jwt", "sigv4"})) {
+    out.auth = *s == "jwt"     ? RouteAuth::kJwt
+               : *s == "sigv4" ? RouteAuth::kSigV4
+                               : RouteAuth::kApiKey;
   }
 }
 
-void decode_account_id(Walker& w, const Field<CredentialsConfig>& f, const Value& v,
-                       const std::string& path, CredentialsConfig& out) {
+// A JWKS URL must stay on this machine: the gateway fetches it, and a configurable fetch of any
+// host would be a server-side request forgery waiting for a config mistake.
+bool is_loopback_host(std::string_view host) {
+  if (host == "localhost" || host == "::1") {
+    return true;
+  }
+  if (!host.starts_with("127.")) {
+    return false;
+  }
+  int dots = 0;
+  for (char c : host) {
+    if (c == '.') {
+      ++dots;
+    } else if (c < '0' || c > '9') {
+      return false;
+    }
+  }
+  return dots == 3;
+}
+
+// jwt.jwks: "pool NAME", "file PATH" or "url http://127.0.0.1:PORT/PATH".
+void decode_jwks(Walker& w, const Field<JwtAuthorizerConfig>& f, const Value& v,
+                 const std::string& path, JwtAuthorizerConfig& out) {
   const auto s = w.string(v, path, f.min, f.max, f.format);
   if (!s) {
     return;
   }
-  if (s->size() != 12 || !std::all_of(s->begin(), s->end(), [](char c) {
-        return c >= '0' && c <= '9';
-      })) {
-    w.error(v.pos, path, "'" + printable(*s) + "' is not a 12-digit account id");
+  const std::string_view text = *s;
+  const std::size_t space = text.find(' ');
+  const std::string_view kind = text.substr(0, space);
+  std::string_view rest = space == std::string_view::npos ? std::string_view() : text.substr(space);
+  while (!rest.empty() && rest.front() == ' ') {
+    rest.remove_prefix(1);
+  }
+  constexpr std::string_view kShape =
+      "expected 'pool NAME', 'file PATH' or 'url http://127.0.0.1:PORT/PATH'";
+  if (rest.empty() || (kind != "pool" && kind != "file" && kind != "url")) {
+    w.error(v.pos, path, std::string(kShape) + ", got '" + printable(text) + "'");
     return;
   }
-  out.account_id = *s;
+  if (kind == "pool") {
+    if (rest.size() > 64 || !is_name(rest)) {
+      w.error(v.pos, path, "'" + printable(rest) + "' is not a valid user pool name");
+      return;
+    }
+    out.source = JwksSource::kPool;
+  } else if (kind == "file") {
+    out.source = JwksSource::kFile;
+  } else {
+    auto url = parse_upstream_url(rest);
+    if (!url) {
+      w.error(v.pos, path, url.error());
+      return;
+    }
+    if (!is_loopback_host(url->host)) {
+      w.error(v.pos, path,
+              "JWKS URLs must be on loopback (127.0.0.0/8, ::1 or localhost), got host '" +
+                  printable(url->host) + "'");
+      return;
+    }
+    out.source = JwksSource::kUrl;
+    out.url_host = url->host;
+    out.url_port = url->port;
+    out.url_path = url->base_path.empty() ? "/" : url->base_path;
+  }
+  out.jwks = std::string(kind) + " " + std::string(rest);
+  out.location = std::string(rest);
+}
+
+void decode_token_use(Walker& w, const Field<JwtAuthorizerConfig>& f, const Value& v,
+                      const std::string& path, JwtAuthorizerConfig& out) {
+  if (auto s = one_of(w, f, v, path, {"access", "id", "any"})) {
+    out.token_use = std::move(*s);
+  }
+}
+
+// The algorithms a JWT authorizer accepts: EdDSA and RS256 only, with a reason for the others.
+void decode_algorithms(Walker& w, const Field<JwtAuthorizerConfig>& f, const Value& v,
+                       const std::string& path, JwtAuthorizerConfig& out) {
+  std::vector<std::string> algs;
+  decode_string_list(w, f, v, path, algs);
+  for (std::size_t i = 0; i < algs.size(); ++i) {
+    const std::string& a = algs[i];
+    const std::string item = v.node.IsSequence() ? index_path(path, i) : path;
+    const Position pos = v.node.IsSequence() ? w.position(item) : v.pos;
+    if (a == "EdDSA" || a == "RS256") {
+      out.algorithms.push_back(a);
+    } else if (a.empty()) {
+      continue;  // already reported
+    } else if (a == "none" || a == "None" || a == "NONE") {
+      w.error(pos, item, "'none' is never accepted: a token must be signed");
+    } else if (a.size() >= 2 && (a[0] == 'H' || a[0] == 'h') && (a[1] == 'S' || a[1] == 's')) {
+      w.error(pos, item,
+              "'" + printable(a) +
+                  "' is refused: an HMAC algorithm would let anyone holding the public key sign "
+                  "tokens; use EdDSA or RS256");
+    } else {
+      w.error(pos, item, "'" + printable(a) + "' is not one of EdDSA, RS256");
+    }
+  }
+}
+
+void decode_signing_alg(Walker& w, const Field<UserPool>& f, const Value& v,
+                        const std::string& path, UserPool& out) {
+  if (auto s = one_of(w, f, v, path, {"EdDSA", "RS256"})) {
+    out.signing_alg = std::move(*s);
+  }
+}
+
+void decode_confirmation(Walker& w, const Field<UserPool>& f, const Value& v,
+                         const std::string& path, UserPool& out) {
+  if (auto s = one_of(w, f, v, path, {"auto", "admin"})) {
+    out.confirmation = std::move(*s);
+  }
 }
 
 void decode_rate(Walker& w, const Field<RateConfig>& f, const Value& v, const std::string& path,
@@ -1160,8 +1320,8 @@ bool is_env_name(std::string_view s) {
   });
 }
 
-void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v,
-                const std::string& path, FunctionConfig& out) {
+void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v, const std::string& path,
+                FunctionConfig& out) {
   if (v.node.IsNull()) {
     return;
   }
@@ -1196,8 +1356,8 @@ void decode_env(Walker& w, const Field<FunctionConfig>& f, const Value& v,
       w.error(key.pos, var_path, "is set by the runtime and cannot be configured");
       continue;
     }
-    const bool duplicate = std::any_of(out.env.begin(), out.env.end(),
-                                       [&](const auto& e) { return e.first == name; });
+    const bool duplicate =
+        std::any_of(out.env.begin(), out.env.end(), [&](const auto& e) { return e.first == name; });
     if (duplicate) {
       w.error(key.pos, var_path, "duplicate key");
       continue;
@@ -1213,6 +1373,202 @@ void decode_invokers(Walker& w, const Field<FunctionConfig>& f, const Value& v,
                      const std::string& path, FunctionConfig& out) {
   out.invokers_set = true;
   decode_string_list(w, f, v, path, out.invokers);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy documents (docs/policy.md, "Wiring"): an inline YAML/JSON mapping is converted to JSON
+// text and validated with src/policy here, where the YAML positions are known, so a policy's
+// error ("Statement[1].Effect: ...") is reported at the line of the offending element.
+
+// Where each element of a converted document sits, by its policy JSON path ("Statement[1].Effect").
+using JsonPositions = std::vector<std::pair<std::string, Position>>;
+
+// Appends `n` as JSON to `out`. Every scalar becomes a JSON string: the policy language accepts
+// strings wherever it accepts numbers and booleans, and YAML's guesses (is `2012-10-17` a date?)
+// must not change a document. Keys are kept in order, repeats included (the policy parser
+// refuses them with their path).
+bool yaml_to_json(Walker& w, const Value& v, const std::string& path, std::string& out,
+                  JsonPositions& where) {
+  if (!w.charge(v, v.node.IsScalar() ? v.node.Scalar().size() : 0)) {
+    return false;
+  }
+  where.emplace_back(path, v.pos);
+  switch (v.node.Type()) {
+    case YAML::NodeType::Scalar:
+      out += '"';
+      core::json_escape(out, v.node.Scalar());
+      out += '"';
+      return true;
+    case YAML::NodeType::Sequence: {
+      out += '[';
+      std::size_t i = 0;
+      for (auto it = v.node.begin(); it != v.node.end(); ++it, ++i) {
+        out += i == 0 ? "" : ",";
+        if (!yaml_to_json(w, Value{*it, position_of(*it)}, index_path(path, i), out, where)) {
+          return false;
+        }
+      }
+      out += ']';
+      return true;
+    }
+    case YAML::NodeType::Map: {
+      out += '{';
+      bool first = true;
+      for (auto it = v.node.begin(); it != v.node.end(); ++it) {
+        if (!it->first.IsScalar()) {
+          w.type_error(Value{it->first, position_of(it->first)}, path, "a string as the key");
+          return false;
+        }
+        out += first ? "\"" : ",\"";
+        first = false;
+        core::json_escape(out, it->first.Scalar());
+        out += "\":";
+        const Value item{it->second,
+                         it->second.IsNull() ? position_of(it->first) : position_of(it->second)};
+        if (!yaml_to_json(w, item, join(path, it->first.Scalar()), out, where)) {
+          return false;
+        }
+      }
+      out += '}';
+      return true;
+    }
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      break;
+  }
+  out += "null";
+  return true;
+}
+
+// The position of the element a policy error message names ("Statement[1].Effect: ..."): the
+// longest recorded path that the message's path starts with; `fallback` when none.
+Position policy_error_position(std::string_view message, const JsonPositions& where,
+                               Position fallback) {
+  std::string_view path = message.substr(0, message.find(": "));
+  while (!path.empty()) {
+    for (const auto& [p, pos] : where) {
+      if (p == path) {
+        return pos;
+      }
+    }
+    const std::size_t cut = path.find_last_of(".[");
+    path = path.substr(0, cut == std::string_view::npos ? 0 : cut);
+  }
+  return fallback;
+}
+
+// Reads a policy file named in the config, relative to the config file's directory.
+std::optional<std::string> read_policy_file(const std::string& config_source,
+                                            const std::string& name, std::string& error) {
+  std::string path = name;
+  if (!name.empty() && name[0] != '/') {
+    const std::size_t slash = config_source.rfind('/');
+    if (slash != std::string::npos) {
+      path = config_source.substr(0, slash + 1) + name;
+    }
+  }
+  // Non-blocking, and regular files only: a FIFO or a device must not hang the load.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    // The name as written: a relative one is read next to the config file.
+    error = "cannot read the policy file '" + printable(name) +
+            "': " + (fd < 0 ? std::strerror(errno) : "not a regular file");
+    if (fd >= 0) {
+      ::close(fd);
+    }
+    return std::nullopt;
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > policy::kMaxPolicyBytes) {
+    ::close(fd);
+    error = "the policy file '" + printable(name) + "' is " + std::to_string(st.st_size) +
+            " bytes; the limit is " + std::to_string(policy::kMaxPolicyBytes);
+    return std::nullopt;
+  }
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n <= 0) {
+      break;
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  text.resize(got);
+  return text;
+}
+
+// A policy document value: a mapping (converted) or, when `file_allowed`, a string naming a
+// JSON file. Validates it as `kind`; on success returns the JSON text.
+std::optional<std::string> decode_document(Walker& w, const Value& v, const std::string& path,
+                                           policy::PolicyKind kind, bool file_allowed) {
+  std::string json;
+  JsonPositions where;
+  if (v.node.IsMap()) {
+    if (!yaml_to_json(w, v, "", json, where)) {
+      return std::nullopt;
+    }
+  } else if (file_allowed && v.node.IsScalar()) {
+    auto name = w.string(v, path, 1, 4096, Format::kLine);
+    if (!name) {
+      return std::nullopt;
+    }
+    std::string error;
+    auto text = read_policy_file(w.source(), *name, error);
+    if (!text) {
+      w.error(v.pos, path, error);
+      return std::nullopt;
+    }
+    json = std::move(*text);
+  } else {
+    w.type_error(v, path,
+                 file_allowed ? "a policy document (a mapping) or a file path"
+                              : "a policy name or a policy document (a mapping)");
+    return std::nullopt;
+  }
+  auto parsed = policy::parse_policy(json, "config", kind);
+  if (!parsed) {
+    const std::string& m = parsed.error().message;
+    w.error(policy_error_position(m, where, v.pos), path, v.node.IsMap() ? m : "in the file: " + m);
+    return std::nullopt;
+  }
+  return json;
+}
+
+void decode_named_document(Walker& w, const Field<NamedPolicy>& /*f*/, const Value& v,
+                           const std::string& path, NamedPolicy& out) {
+  if (auto json = decode_document(w, v, path, policy::PolicyKind::kAny, /*file_allowed=*/true)) {
+    out.json = std::move(*json);
+  }
+}
+
+// routes[].policy and functions[].policy: a policies[] name, or an inline resource policy.
+template <class S>
+void decode_policy_ref(Walker& w, const Field<S>& f, const Value& v, const std::string& path,
+                       S& out) {
+  if (v.node.IsScalar()) {
+    if (auto name = w.string(v, path, f.min, f.max, Format::kName)) {
+      out.policy.name = std::move(*name);
+    }
+    return;
+  }
+  if (auto json = decode_document(w, v, path, policy::PolicyKind::kResource, false)) {
+    out.policy.json = std::move(*json);
+  }
+}
+
+void decode_authorization_default(Walker& w, const Field<AuthorizationConfig>& f, const Value& v,
+                                  const std::string& path, AuthorizationConfig& out) {
+  const auto s = w.string(v, path, f.min, f.max, f.format);
+  if (!s) {
+    return;
+  }
+  if (*s == "allow" || *s == "deny") {
+    out.default_deny = *s == "deny";
+  } else {
+    w.error(v.pos, path, "'" + printable(*s) + "' is not one of allow, deny");
+  }
 }
 
 void decode_network(Walker& w, const Field<SandboxConfig>& f, const Value& v,
@@ -1262,6 +1618,7 @@ constexpr std::array kAdminFields{
     string("metrics_path", &AdminConfig::metrics_path, 1, 1024, Format::kPath),
     string("admin_prefix", &AdminConfig::admin_prefix, 1, 1024, Format::kPrefix),
     boolean("metrics_public", &AdminConfig::metrics_public),
+    policy_names(&AdminConfig::policies),
 };
 
 constexpr std::array kLogFields{
@@ -1386,6 +1743,29 @@ constexpr std::array kTargetFields{
     custom<Target>("payload_format", Kind::kString, &decode_payload_format, 1, 8, Format::kLine),
 };
 
+constexpr std::array kJwtFields{
+    custom<JwtAuthorizerConfig>("jwks", Kind::kString, &decode_jwks, 1, 4096, Format::kLine,
+                                /*required=*/true),
+    string("issuer", &JwtAuthorizerConfig::issuer, 1, 1024, Format::kLine),
+    Field<JwtAuthorizerConfig>{.key = "audience",
+                               .kind = Kind::kStringList,
+                               .slot = &JwtAuthorizerConfig::audience,
+                               .min = 0,
+                               .max = 100,
+                               .format = Format::kLine},
+    custom<JwtAuthorizerConfig>("token_use", Kind::kString, &decode_token_use, 1, 16,
+                                Format::kLine),
+    Field<JwtAuthorizerConfig>{.key = "scopes",
+                               .kind = Kind::kStringList,
+                               .slot = &JwtAuthorizerConfig::scopes,
+                               .min = 0,
+                               .max = 100,
+                               .format = Format::kLine},
+    custom<JwtAuthorizerConfig>("algorithms", Kind::kStringList, &decode_algorithms, 0, 16,
+                                Format::kLine),
+    duration("leeway", &JwtAuthorizerConfig::leeway, 0ms, 5min),
+};
+
 // A target is exactly one of static, http or function.
 void decode_target(Walker& w, const Field<Route>& /*f*/, const Value& v, const std::string& path,
                    Route& out) {
@@ -1432,8 +1812,10 @@ constexpr std::array kRouteFields{
                  .describe = &describe_table<kTargetFields>},
     custom<Route>("api_key", Kind::kString, &decode_api_key, 1, 64, Format::kLine),
     custom<Route>("auth", Kind::kString, &decode_route_auth, 1, 64, Format::kLine),
+    section<&Route::jwt, kJwtFields>("jwt"),
     throttle<&Route::throttle>("throttle"),
     integer("concurrency", &Route::concurrency, 0, 1'000'000),
+    custom<Route>("policy", Kind::kString, &decode_policy_ref<Route>, 1, 64, Format::kName),
 };
 
 constexpr std::array kApiKeysFields{
@@ -1443,9 +1825,6 @@ constexpr std::array kApiKeysFields{
 
 constexpr std::array kCredentialsFields{
     string("kek_file", &CredentialsConfig::kek_file, 1, 4096, Format::kLine),
-    custom<CredentialsConfig>("account_id", Kind::kString, &decode_account_id, 1, 64,
-                              Format::kLine),
-    string("region", &CredentialsConfig::region, 1, 64, Format::kName),
 };
 
 constexpr std::array kThrottlingFields{
@@ -1457,6 +1836,7 @@ constexpr std::array kThrottlingFields{
 
 constexpr std::array kSandboxFields{
     custom<SandboxConfig>("network", Kind::kString, &decode_network, 1, 16, Format::kLine),
+    integer("tmp_mb", &SandboxConfig::tmp_mb, 1, 4096),
 };
 
 constexpr std::array kFunctionFields{
@@ -1476,8 +1856,26 @@ constexpr std::array kFunctionFields{
     integer("max_pids", &FunctionConfig::max_pids, 1, 4096),
     section<&FunctionConfig::sandbox, kSandboxFields>("sandbox"),
     string("role", &FunctionConfig::role, 1, 64, Format::kName),
-    custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 1000,
+    custom<FunctionConfig>("invokers", Kind::kStringList, &decode_invokers, 0, 500,
                            Format::kInvoker),
+    custom<FunctionConfig>("policy", Kind::kString, &decode_policy_ref<FunctionConfig>, 1, 64,
+                           Format::kName),
+};
+
+constexpr std::array kPolicyFields{
+    string("name", &NamedPolicy::name, 1, 64, Format::kName, /*required=*/true),
+    custom<NamedPolicy>("document", Kind::kSection, &decode_named_document, 0, 0, Format::kLine,
+                        /*required=*/true),
+};
+
+constexpr std::array kRoleFields{
+    string("name", &Role::name, 1, 64, Format::kName, /*required=*/true),
+    policy_names(&Role::policies),
+};
+
+constexpr std::array kAuthorizationFields{
+    custom<AuthorizationConfig>("default", Kind::kString, &decode_authorization_default, 1, 16,
+                                Format::kLine),
 };
 
 constexpr std::array kRuntimeFields{
@@ -1508,6 +1906,58 @@ constexpr std::array kPlanFields{
                 .max = 10'000,
                 .format = Format::kRouteName},
     list<&Plan::overrides, kOverrideFields>("overrides", 10'000),
+    policy_names(&Plan::policies),
+};
+
+constexpr std::array kIdentityFields{
+    string("path_prefix", &IdentityConfig::path_prefix, 1, 1024, Format::kPrefix),
+    integer("hash_threads", &IdentityConfig::hash_threads, 1, 64),
+    integer("max_pending", &IdentityConfig::max_pending, 1, 100'000),
+    duration("jwks_refresh", &IdentityConfig::jwks_refresh, 1s, 24h),
+};
+
+constexpr std::array kPasswordPolicyFields{
+    integer("min_length", &PasswordPolicy::min_length, 6, 256),
+    boolean("require_lowercase", &PasswordPolicy::require_lowercase),
+    boolean("require_uppercase", &PasswordPolicy::require_uppercase),
+    boolean("require_digits", &PasswordPolicy::require_digits),
+    boolean("require_symbols", &PasswordPolicy::require_symbols),
+};
+
+constexpr std::array kTokenLifetimeFields{
+    duration("access", &TokenLifetimes::access, 5min, 24h),
+    duration("id", &TokenLifetimes::id, 5min, 24h),
+    duration("refresh", &TokenLifetimes::refresh, 1h, 87'600h),
+};
+
+constexpr std::array kSignInThrottleFields{
+    integer("free_attempts", &SignInThrottle::free_attempts, 0, 1000),
+    duration("base_delay", &SignInThrottle::base_delay, 1ms, 1h),
+    duration("max_delay", &SignInThrottle::max_delay, 1ms, 24h),
+    duration("reset_after", &SignInThrottle::reset_after, 1s, 168h),
+};
+
+constexpr std::array kArgon2Fields{
+    integer("ops_limit", &Argon2Config::ops_limit, 1, 20),
+    size("memory", &Argon2Config::memory, 8 * kKiB, 1 * kGiB),
+};
+
+constexpr std::array kUserPoolFields{
+    string("name", &UserPool::name, 1, 64, Format::kName, /*required=*/true),
+    string("issuer", &UserPool::issuer, 1, 1024, Format::kLine),
+    custom<UserPool>("signing_alg", Kind::kString, &decode_signing_alg, 1, 16, Format::kLine),
+    custom<UserPool>("confirmation", Kind::kString, &decode_confirmation, 1, 16, Format::kLine),
+    Field<UserPool>{.key = "clients",
+                    .kind = Kind::kStringList,
+                    .slot = &UserPool::clients,
+                    .min = 1,
+                    .max = 100,
+                    .format = Format::kName,
+                    .required = true},
+    section<&UserPool::password_policy, kPasswordPolicyFields>("password_policy"),
+    section<&UserPool::tokens, kTokenLifetimeFields>("tokens"),
+    section<&UserPool::sign_in_throttle, kSignInThrottleFields>("sign_in_throttle"),
+    section<&UserPool::argon2, kArgon2Fields>("argon2"),
 };
 
 constexpr std::array kConfigFields{
@@ -1525,6 +1975,13 @@ constexpr std::array kConfigFields{
     list<&Config::functions, kFunctionFields>("functions", 10'000),
     list<&Config::plans, kPlanFields>("plans", 1000),
     section<&Config::runtime, kRuntimeFields>("runtime"),
+    string("account_id", &Config::account_id, 12, 12, Format::kAccountId),
+    string("region", &Config::region, 1, 32, Format::kRegion),
+    list<&Config::policies, kPolicyFields>("policies", 1000),
+    list<&Config::roles, kRoleFields>("roles", 1000),
+    section<&Config::authorization, kAuthorizationFields>("authorization"),
+    section<&Config::identity, kIdentityFields>("identity"),
+    list<&Config::user_pools, kUserPoolFields>("user_pools", 100),
 };
 
 // Bounds must fit the member they land in, and tables must fit the 64-bit `seen` mask.
@@ -1576,6 +2033,16 @@ static_assert(well_formed(kSandboxFields));
 static_assert(well_formed(kRuntimeFields));
 static_assert(well_formed(kOverrideFields));
 static_assert(well_formed(kPlanFields));
+static_assert(well_formed(kPolicyFields));
+static_assert(well_formed(kRoleFields));
+static_assert(well_formed(kAuthorizationFields));
+static_assert(well_formed(kJwtFields));
+static_assert(well_formed(kIdentityFields));
+static_assert(well_formed(kPasswordPolicyFields));
+static_assert(well_formed(kTokenLifetimeFields));
+static_assert(well_formed(kSignInThrottleFields));
+static_assert(well_formed(kArgon2Fields));
+static_assert(well_formed(kUserPoolFields));
 static_assert(well_formed(kConfigFields));
 
 // ---------------------------------------------------------------------------------------------

@@ -333,6 +333,11 @@ std::string sha256_hex(std::string_view data) {
   return out;
 }
 
+void sha256(std::string_view data, std::array<unsigned char, 32>& out) noexcept {
+  static_assert(SHA256_DIGEST_LENGTH == 32);
+  sha256_raw(data, out);
+}
+
 void sha256_hex(std::string_view data, std::array<char, 64>& out) noexcept {
   std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
   sha256_raw(data, digest);

@@ -118,6 +118,8 @@ void json_escape(std::string& out, std::string_view s);
 [[nodiscard]] std::string sha256_hex(std::string_view data);
 // The same into a caller's buffer, without allocating (for the request path).
 void sha256_hex(std::string_view data, std::array<char, 64>& out) noexcept;
+// The raw 32-byte digest, without allocating (for the request path).
+void sha256(std::string_view data, std::array<unsigned char, 32>& out) noexcept;
 // Compares two byte strings in time that depends only on their lengths.
 [[nodiscard]] bool constant_time_equal(std::string_view a, std::string_view b) noexcept;
 

@@ -123,6 +123,25 @@ void put_body(json::object& ev, std::string_view body) {
   }
 }
 
+// The claims of a JWT-authorized request, one key per claim name (several values: an array).
+json::object claims_object(const std::vector<std::pair<std::string, std::string>>& claims) {
+  json::object o;
+  for (const auto& [k, v] : claims) {
+    json::value* existing = o.if_contains(k);
+    if (existing == nullptr) {
+      o[k] = v;
+    } else if (existing->is_array()) {
+      existing->as_array().emplace_back(v);
+    } else {
+      json::array both;
+      both.emplace_back(existing->as_string());
+      both.emplace_back(v);
+      *existing = std::move(both);
+    }
+  }
+  return o;
+}
+
 json::object gatehouse_context(const EventContext& ctx) {
   json::object g;
   g["principal"] = ctx.principal;
@@ -210,6 +229,18 @@ std::string event_v2(const http::Request& req, const EventContext& ctx) {
   rc["stage"] = ctx.stage.empty() ? std::string_view("$default") : ctx.stage;
   rc["time"] = clf_time(ctx.time_epoch_ms);
   rc["timeEpoch"] = ctx.time_epoch_ms;
+  if (ctx.jwt_claims != nullptr) {
+    json::array scopes;
+    for (const auto& [k, v] : *ctx.jwt_claims) {
+      if (k == "scope") {
+        scopes.emplace_back(v);
+      }
+    }
+    json::object jwt;
+    jwt["claims"] = claims_object(*ctx.jwt_claims);
+    jwt["scopes"] = scopes.empty() ? json::value(nullptr) : json::value(std::move(scopes));
+    rc["authorizer"] = json::object{{"jwt", std::move(jwt)}};
+  }
   rc["gatehouse"] = gatehouse_context(ctx);
   ev["requestContext"] = std::move(rc);
   if (auto pp = path_parameters(ctx.match); !pp.is_null()) {
@@ -275,6 +306,9 @@ std::string event_v1(const http::Request& req, const EventContext& ctx) {
   identity["sourceIp"] = ctx.source_ip;
   identity["userAgent"] = user_agent;
   rc["identity"] = std::move(identity);
+  if (ctx.jwt_claims != nullptr) {
+    rc["authorizer"] = json::object{{"claims", claims_object(*ctx.jwt_claims)}};
+  }
   rc["gatehouse"] = gatehouse_context(ctx);
   ev["requestContext"] = std::move(rc);
   ev["pathParameters"] = path_parameters(ctx.match);

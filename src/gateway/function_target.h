@@ -25,6 +25,11 @@ struct EventContext {
   std::uint32_t lineage_depth = 1;
   std::int64_t time_epoch_ms = 0;
   const http::Match* match = nullptr;  // path parameters
+  // A JWT-authorized request's claims (RequestContext::claims), or null: the event's
+  // requestContext.authorizer (2.0: {"jwt":{"claims":{..},"scopes":[..]}}, 1.0: {"claims":{..}}),
+  // as API Gateway's JWT and Cognito authorizers pass them. A claim with several values becomes
+  // an array of strings.
+  const std::vector<std::pair<std::string, std::string>>* jwt_claims = nullptr;
 };
 
 // The proxy event for `req`. The body is passed as text when it is valid UTF-8 without NUL

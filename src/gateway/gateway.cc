@@ -8,17 +8,20 @@
 #include <strings.h>
 
 #include <atomic>
-#include <deque>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
+#include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 
+#include "gateway/authorizer.h"
 #include "gateway/function_target.h"
+#include "gateway/identity_service.h"
 #include "gateway/limiter.h"
 #include "gateway/metrics.h"
 #include "gateway/proxy.h"
@@ -50,6 +53,8 @@ struct Snapshot {
   config::Config config;
   std::unique_ptr<http::Router> router;
   std::shared_ptr<const LimitTable> limits;
+  std::shared_ptr<const AuthzTable> authz;  // shares the policies of `config`
+  std::shared_ptr<const CompiledIdentity> identity;  // JWT rules, user pool endpoints
   std::vector<RouteEntry> routes;
   steady_clock::time_point loaded_at = steady_clock::now();
   std::uint64_t generation = 0;
@@ -132,7 +137,8 @@ core::Result<net::ip::tcp::endpoint> resolve(const std::string& host, std::uint1
 }
 
 core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metrics& metrics,
-                                                      Limiter& limiter, std::uint64_t generation) {
+                                                      Limiter& limiter, IdentityService& identity,
+                                                      std::uint64_t generation) {
   auto snap = std::make_shared<Snapshot>();
   snap->config = std::move(cfg);
   snap->generation = generation;
@@ -142,6 +148,7 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
     return tl::unexpected(limits.error());
   }
   snap->limits = *limits;
+  snap->authz = compile_authz(c);
 
   std::vector<http::RouteSpec> specs;
   specs.reserve(c.routes.size());
@@ -193,6 +200,12 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
     }
     snap->routes.push_back(std::move(e));
   }
+  // Last: it loads `file` key sets into their slots, which only a config that compiled should.
+  auto ci = identity.compile(c);
+  if (!ci) {
+    return tl::unexpected(ci.error());
+  }
+  snap->identity = std::move(*ci);
   return std::shared_ptr<const Snapshot>(std::move(snap));
 }
 
@@ -232,7 +245,13 @@ struct Conn final : http::ConnectionState {
   std::shared_ptr<const Snapshot> snapshot;  // swapped between requests when a reload lands
   RequestContext ctx;
   bool admitted = false;  // throttle admitted: release on completion
-  enum class Builtin : std::uint8_t { kNone, kHealth, kMetrics, kAdmin } builtin = Builtin::kNone;
+  enum class Builtin : std::uint8_t {
+    kNone,
+    kHealth,
+    kMetrics,
+    kAdmin,
+    kIdentity
+  } builtin = Builtin::kNone;
 };
 
 class Pipeline final : public http::Handler {
@@ -286,7 +305,10 @@ class Pipeline final : public http::Handler {
   http::Step invoke_route_function(http::Exchange& ex, Conn& c);
   http::Step admin_invoke(http::Exchange& ex, Conn& c, std::string_view function);
   void answer_static(http::Exchange& ex, const RouteEntry& e);
-  bool admin_authorized(const http::Exchange& ex, const Snapshot& s) const;
+  // The admin token (401 without it), then admin.policies for `action` on the admin resource
+  // `resource` (no check when `action` is empty). Sets the admin principal on success.
+  std::optional<Refusal> admin_refusal(const http::Exchange& ex, Conn& c, std::string_view action,
+                                       std::string_view resource) const;
 
   GatewayImpl& gw_;
   struct alignas(64) PerWorker {
@@ -299,22 +321,47 @@ class Pipeline final : public http::Handler {
   std::vector<PerWorker> current_;
 };
 
+// The built-in authenticate stage: SigV4 for routes with auth: sigv4; API keys (the limiter)
+// for every other route, then the JWT authorizer for routes with auth: jwt.
+class RouteAuthenticator final : public Authenticator {
+ public:
+  RouteAuthenticator(Authenticator& api_keys, IdentityService& identity, SigV4Stage& sigv4)
+      : api_keys_(api_keys), identity_(identity), sigv4_(sigv4) {}
+  Verdict authenticate(RequestContext& ctx, Refusal& out) override {
+    if (ctx.route != nullptr && ctx.route->route->auth == config::RouteAuth::kSigV4) {
+      return sigv4_.authenticate(ctx, out);
+    }
+    if (api_keys_.authenticate(ctx, out) == Verdict::kRefuse) {
+      return Verdict::kRefuse;
+    }
+    if (ctx.route == nullptr || ctx.route->route->auth != config::RouteAuth::kJwt) {
+      return Verdict::kContinue;
+    }
+    return identity_.authenticate(*ctx.snapshot->identity, ctx, out);
+  }
+
+ private:
+  Authenticator& api_keys_;
+  IdentityService& identity_;
+  SigV4Stage& sigv4_;
+};
+
 class GatewayImpl final : public Gateway {
  public:
   GatewayImpl(Stages stages, std::unique_ptr<store::Store> store, unsigned workers)
       : stages_(std::move(stages)),
         store_(std::move(store)),
         limiter_(std::make_unique<Limiter>(*store_, core::system_clock(), workers)),
+        sigv4_(std::make_unique<SigV4Stage>(*store_, core::system_clock(), workers)),
+        identity_(std::make_unique<IdentityService>(*store_, core::system_clock(), workers)),
+        route_auth_(*limiter_, *identity_, *sigv4_),
         metrics_(workers),
         proxy_(workers),
         pipeline_(*this, workers) {
-    pass_authorize_ = allow_all();
+    policy_authorize_ = std::make_unique<PolicyAuthorizer>();
     pass_guard_ = no_guard();
-    authenticate_ = stages_.authenticate ? stages_.authenticate.get() : limiter_.get();
-    // Routes with auth: sigv4 are verified here; the others go on to the stage above.
-    sigv4_ = std::make_unique<SigV4Stage>(*store_, core::system_clock(), workers, *authenticate_);
-    authenticate_ = sigv4_.get();
-    authorize_ = stages_.authorize ? stages_.authorize.get() : pass_authorize_.get();
+    authenticate_ = stages_.authenticate ? stages_.authenticate.get() : &route_auth_;
+    authorize_ = stages_.authorize ? stages_.authorize.get() : policy_authorize_.get();
     throttle_ = stages_.throttle ? stages_.throttle.get() : limiter_.get();
     guard_ = stages_.guard ? stages_.guard.get() : pass_guard_.get();
   }
@@ -338,12 +385,15 @@ class GatewayImpl final : public Gateway {
 
   core::Result<void> init(config::Config config) {
     setup_access_log(config.log);
-    auto snap = compile(std::move(config), metrics_, *limiter_, ++generation_);
+    auto snap = compile(std::move(config), metrics_, *limiter_, *identity_, ++generation_);
     if (!snap) {
       return tl::unexpected(snap.error());
     }
     snapshot_ = *snap;
     limiter_->activate(snapshot_->limits);
+    if (auto r = identity_->activate(snapshot_->config); !r) {
+      return r;
+    }
     auto rt = runtime::Runtime::create(snapshot_->config);
     if (!rt) {
       return tl::unexpected(rt.error());
@@ -367,6 +417,8 @@ class GatewayImpl final : public Gateway {
         !s) {
       return s;
     }
+    identity_->start(
+        [this](std::function<void(unsigned)> fn) { server_->run_on_all_workers(std::move(fn)); });
     auto r = server_->start();
     if (r) {
       spdlog::info("gatehouse listening on {}:{} with {} workers, {} routes",
@@ -387,10 +439,15 @@ class GatewayImpl final : public Gateway {
           "reload: server.listen, server.threads, store.state and log.access_log take "
           "effect only after a restart; the running values stay");
     }
-    auto snap = compile(std::move(config), metrics_, *limiter_, generation_ + 1);
+    auto snap = compile(std::move(config), metrics_, *limiter_, *identity_, generation_ + 1);
     if (!snap) {
       reloads_failed_.fetch_add(1);
       return tl::unexpected(snap.error());
+    }
+    // Pools and key sets first: the workers get them before the snapshot that uses them.
+    if (auto r = identity_->activate((*snap)->config); !r) {
+      reloads_failed_.fetch_add(1);
+      return r;
     }
     ++generation_;
     snapshot_ = *snap;
@@ -462,6 +519,7 @@ class GatewayImpl final : public Gateway {
     }
     server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
     runtime_->stop();  // after the drain: invocations in flight had the grace period to finish
+    identity_->stop();  // hashing work in flight finishes; its replies go nowhere now
     limiter_->stop();  // writes the last quota counts
     sigv4_->stop();
     spdlog::info("stopped");
@@ -498,6 +556,7 @@ class GatewayImpl final : public Gateway {
     out += "# TYPE gatehouse_bugs_total counter\n";
     out += "gatehouse_bugs_total " + std::to_string(st.bugs) + "\n";
     out += runtime_->metrics_text();
+    identity_->metrics(out);
     return out;
   }
 
@@ -694,7 +753,7 @@ class GatewayImpl final : public Gateway {
     line += "\",\"stage\":\"";
     core::json_escape(line, ctx.match.stage);
     line += "\",\"principal\":\"";
-    core::json_escape(line, ctx.principal.id.empty() ? ctx.principal.kind : ctx.principal.id);
+    core::json_escape(line, ctx.principal.id);
     line += "\",\"status\":" + std::to_string(ex.status());
     line += ",\"duration_us\":" + std::to_string(dur_us);
     line += ",\"bytes_in\":" + std::to_string(r.body.size());
@@ -719,6 +778,18 @@ class GatewayImpl final : public Gateway {
 
   Authenticator& authenticator() { return *authenticate_; }
   SigV4Stage& sigv4() { return *sigv4_; }
+  // Blocking pool: the access-key admin API (SigV4Stage::admin).
+  AdminReply admin_credentials(const std::string& method, const std::string& sub,
+                               const std::string& body, const config::Config& config) {
+    CredentialsAdminReply r = sigv4_->admin(method, sub, body, config);
+    return AdminReply{r.status, std::move(r.code), std::move(r.body)};
+  }
+  IdentityService& identity() { return *identity_; }
+  // Blocking pool: the identity admin API (user pools, keys).
+  AdminReply admin_identity(const std::string& method, const std::string& sub) {
+    IdentityAdminReply r = identity_->admin(method, sub);
+    return AdminReply{r.status, std::move(r.code), std::move(r.body)};
+  }
   Authorizer& authorizer() { return *authorize_; }
   Throttle& throttle() { return *throttle_; }
   Guard& guard() { return *guard_; }
@@ -750,8 +821,10 @@ class GatewayImpl final : public Gateway {
   Stages stages_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Limiter> limiter_;
-  std::unique_ptr<SigV4Stage> sigv4_;
-  std::unique_ptr<Authorizer> pass_authorize_;
+  std::unique_ptr<SigV4Stage> sigv4_;  // stopped in stop()
+  std::unique_ptr<Authorizer> policy_authorize_;
+  std::unique_ptr<IdentityService> identity_;  // stopped in stop(), before server_ goes
+  RouteAuthenticator route_auth_;
   std::unique_ptr<Guard> pass_guard_;
   Authenticator* authenticate_ = nullptr;  // the stages in effect (owned above)
   Authorizer* authorize_ = nullptr;
@@ -796,6 +869,13 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.request_id = ex.request_id();
   ctx.function = {};
   ctx.started = ex.started();
+  ctx.authz = s.authz.get();
+  ctx.principal_arn.clear();
+  ctx.user_pool = {};
+  ctx.claims.clear();
+  if (ctx.sigv4) {
+    ctx.sigv4->active = false;  // after_body checks only what this request's authenticate began
+  }
   c.admitted = false;
   c.builtin = Conn::Builtin::kNone;
 
@@ -810,6 +890,9 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
              (req.path.size() == admin.admin_prefix.size() ||
               req.path[admin.admin_prefix.size()] == '/')) {
     c.builtin = Conn::Builtin::kAdmin;
+  } else if (IdentityService::owns(*s.identity, req.path)) {
+    c.builtin = Conn::Builtin::kIdentity;
+    return gw_.identity().on_headers(*s.identity, ex);
   }
   if (c.builtin != Conn::Builtin::kNone) {
     return c.builtin == Conn::Builtin::kAdmin ? http::Step::kReadBody : builtin(ex, c);
@@ -929,6 +1012,9 @@ void Pipeline::retry_waiting(unsigned w) {
 
 http::Step Pipeline::on_request(http::Exchange& ex) {
   auto& c = static_cast<Conn&>(ex.state());
+  if (c.builtin == Conn::Builtin::kIdentity) {
+    return gw_.identity().on_request(*c.snapshot->identity, ex);
+  }
   if (c.builtin != Conn::Builtin::kNone) {
     return builtin(ex, c);
   }
@@ -968,31 +1054,32 @@ http::Step Pipeline::dispatch(http::Exchange& ex, Conn& c) {
 
 namespace {
 
-// The lineage depth a request arrives with (x-gatehouse-lineage-depth, set by functions that call
-// back into the gateway); 0 when absent or malformed. A client can only raise it.
-std::uint32_t incoming_depth(const http::Request& req) {
-  const std::string_view v = req.header("x-gatehouse-lineage-depth");
-  if (v.empty() || v.size() > 6) {
-    return 0;
-  }
-  std::uint32_t n = 0;
-  for (char ch : v) {
-    if (ch < '0' || ch > '9') {
-      return 0;
+// The caller of a function invoked for the request in `ctx`: its principal (ARN, plan tag), the
+// identity policies of its plan and the request's condition keys, for the function's policy.
+runtime::CallerContext route_caller(const RequestContext& ctx, const Snapshot& s) {
+  runtime::CallerContext caller;
+  caller.principal = std::string(ctx.principal.id);
+  if (ctx.api_key != nullptr) {
+    caller.principal_tags.emplace_back("plan", ctx.api_key->plan);
+    if (const config::Plan* plan = s.config.find_plan(ctx.api_key->plan)) {
+      caller.policies = plan->compiled;
     }
-    n = n * 10 + static_cast<std::uint32_t>(ch - '0');
   }
-  return n;
-}
-
-std::string principal_text(const Principal& p) {
-  return p.id.empty() ? std::string(p.kind) : std::string(p.kind) + ":" + std::string(p.id);
+  fill_context(ctx, caller.conditions);
+  return caller;
 }
 
 // A runtime refusal or function failure as the uniform JSON error. Function failures tell public
 // callers only the error type: the message and stack may hold the function's secrets.
-void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed) {
+void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool detailed,
+                        Metrics& metrics) {
   const int status = core::http_status(r.code);
+  // The function's policy refused the caller: the same code as a route's refusal.
+  const bool denied = r.code == core::ErrorCode::kForbidden;
+  const std::string_view code = denied ? std::string_view("AccessDenied") : core::error_name(r.code);
+  if (denied) {
+    metrics.refusal(ex.worker(), code);
+  }
   std::string message = r.message;
   if (r.code == core::ErrorCode::kFunctionError) {
     message = detailed ? r.error_type + ": " + r.message
@@ -1007,8 +1094,7 @@ void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool
     extra += "X-Amz-Function-Error: " + (detailed ? r.error_type : std::string("Unhandled")) +
              "\r\n";
   }
-  http::write_error(ex.out(), status, core::error_name(r.code), message, ex.request_id(),
-                    ex.keep_alive(), extra);
+  http::write_error(ex.out(), status, code, message, ex.request_id(), ex.keep_alive(), extra);
   ex.set_status(status);
 }
 
@@ -1027,7 +1113,7 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
                                                                       : route_key + " " + route.path;
   runtime::Invocation inv;
   inv.function = route.target.function;
-  inv.caller.principal = principal_text(c.ctx.principal);
+  inv.caller = route_caller(c.ctx, *c.snapshot);
   inv.caller.source = runtime::SourceKind::kRoute;
   inv.caller.source_name = route.name;
   inv.caller.request_id = std::string(ex.request_id());
@@ -1044,11 +1130,14 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
                          std::chrono::system_clock::now().time_since_epoch())
                          .count();
   ev.match = &c.ctx.match;
+  if (route.auth == config::RouteAuth::kJwt) {
+    ev.jwt_claims = &c.ctx.claims;
+  }
   const config::PayloadFormat format = route.target.payload_format;
   inv.payload = build_event(format, req, ev);
-  gw_.invoke(ex, std::move(inv), [format](http::Exchange& x, runtime::InvokeResult r) {
+  gw_.invoke(ex, std::move(inv), [this, format](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
-      write_invoke_error(x, r, false);
+      write_invoke_error(x, r, false, gw_.metrics());
       return;
     }
     const FunctionHttpResponse resp = map_result(format, r.payload);
@@ -1081,13 +1170,13 @@ http::Step Pipeline::admin_invoke(http::Exchange& ex, Conn& c, std::string_view 
   runtime::Invocation inv;
   inv.function = std::string(function);
   inv.payload = std::move(payload);
-  inv.caller.principal = "admin";
-  inv.caller.source = runtime::SourceKind::kDirect;
+  inv.caller = runtime::admin_caller(c.snapshot->config);
+  fill_context(c.ctx, inv.caller.conditions);
   inv.caller.request_id = std::string(ex.request_id());
   inv.caller.depth = incoming_depth(req) + 1;
-  gw_.invoke(ex, std::move(inv), [](http::Exchange& x, runtime::InvokeResult r) {
+  gw_.invoke(ex, std::move(inv), [this](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
-      write_invoke_error(x, r, true);
+      write_invoke_error(x, r, true, gw_.metrics());
       return;
     }
     http::ResponseWriter w(x.out());
@@ -1124,19 +1213,80 @@ http::Step Pipeline::refuse(http::Exchange& ex, Conn& c, const Refusal& r) {
   return http::Step::kDone;
 }
 
-bool Pipeline::admin_authorized(const http::Exchange& ex, const Snapshot& s) const {
-  const std::string& want = s.config.admin.token_sha256;
-  if (want.empty()) {
-    return false;
+namespace {
+
+// The IAM action and admin resource (the part after "admin/") of an admin endpoint
+// (docs/policy.md, "The admin API"). Function invocation and paths that are no endpoint get no
+// action: the runtime decides invocations (lambda:InvokeFunction), the rest is a 404.
+struct AdminAction {
+  std::string_view action;
+  std::string_view resource;  // points into the path
+};
+
+AdminAction admin_action(std::string_view method, std::string_view sub) {
+  const bool get = method == "GET" || method == "HEAD";
+  const std::string_view whole = sub.substr(std::min<std::size_t>(1, sub.size()));
+  if (sub == "/config" && get) {
+    return {"gatehouse:GetConfig", whole};
   }
+  if (sub == "/reload" && method == "POST") {
+    return {"gatehouse:Reload", whole};
+  }
+  if (sub == "/keys" && (get || method == "POST")) {
+    return {get ? "gatehouse:ListKeys" : "gatehouse:CreateKey", whole};
+  }
+  if (sub == "/credentials" && (get || method == "POST")) {
+    return {get ? "gatehouse:ListCredentials" : "gatehouse:CreateCredential", whole};
+  }
+  constexpr std::string_view kCredentials = "/credentials/";
+  if (sub.starts_with(kCredentials) && sub.ends_with("/revoke") && method == "POST") {
+    return {"gatehouse:RevokeCredential", sub.substr(1, sub.rfind('/') - 1)};  // credentials/<id>
+  }
+  constexpr std::string_view kKeys = "/keys/";
+  const std::size_t slash = sub.rfind('/');
+  if (!sub.starts_with(kKeys) || method != "POST" || slash < kKeys.size()) {
+    return {};
+  }
+  const std::string_view verb = sub.substr(slash + 1);
+  const std::string_view key = sub.substr(1, slash - 1);  // keys/<id or name>
+  if (verb == "revoke") {
+    return {"gatehouse:RevokeKey", key};
+  }
+  if (verb == "rotate") {
+    return {"gatehouse:RotateKey", key};
+  }
+  if (verb == "attach") {
+    return {"gatehouse:AttachKey", key};
+  }
+  return {};
+}
+
+}  // namespace
+
+std::optional<Refusal> Pipeline::admin_refusal(const http::Exchange& ex, Conn& c,
+                                               std::string_view action,
+                                               std::string_view resource) const {
+  const Snapshot& s = *c.snapshot;
+  const std::string& want = s.config.admin.token_sha256;
   std::string_view auth = ex.request().header("authorization");
   constexpr std::string_view kBearer = "Bearer ";
-  if (auth.size() <= kBearer.size() || !iequals(auth.substr(0, kBearer.size()), kBearer)) {
-    return false;
+  const Refusal unauthenticated{401, "Unauthenticated", "the admin token is required",
+                                "WWW-Authenticate: Bearer\r\n"};
+  if (want.empty() || auth.size() <= kBearer.size() ||
+      !iequals(auth.substr(0, kBearer.size()), kBearer)) {
+    return unauthenticated;
   }
   auth.remove_prefix(kBearer.size());
   // Compare hashes, in constant time: the token itself is never stored.
-  return core::constant_time_equal(core::sha256_hex(auth), want);
+  if (!core::constant_time_equal(core::sha256_hex(auth), want)) {
+    return unauthenticated;
+  }
+  c.ctx.principal = Principal{"admin", s.authz->admin_arn};
+  Refusal denied;
+  if (!action.empty() && authorize_admin(c.ctx, action, resource, denied) == Verdict::kRefuse) {
+    return denied;
+  }
+  return std::nullopt;
 }
 
 http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
@@ -1158,10 +1308,10 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
       if (!get) {
         return refuse(ex, c, Refusal{405, "MethodNotAllowed", "use GET", "Allow: GET, HEAD\r\n"});
       }
-      if (!s.config.admin.metrics_public && !admin_authorized(ex, s)) {
-        return refuse(ex, c,
-                      Refusal{401, "Unauthenticated", "the admin token is required",
-                              "WWW-Authenticate: Bearer\r\n"});
+      if (!s.config.admin.metrics_public) {
+        if (auto refused = admin_refusal(ex, c, "gatehouse:GetMetrics", "metrics")) {
+          return refuse(ex, c, *refused);
+        }
       }
       w.start(200, ex.request_id(), ex.keep_alive());
       w.body("text/plain; version=0.0.4", gw_.metrics_text());
@@ -1174,12 +1324,11 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
             ex, c,
             Refusal{403, "AdminDisabled", "the admin API is disabled: set admin.token_sha256", {}});
       }
-      if (!admin_authorized(ex, s)) {
-        return refuse(ex, c,
-                      Refusal{401, "Unauthenticated", "the admin token is required",
-                              "WWW-Authenticate: Bearer\r\n"});
-      }
       const std::string_view sub = req.path.substr(s.config.admin.admin_prefix.size());
+      const AdminAction a = admin_action(req.method, sub);
+      if (auto refused = admin_refusal(ex, c, a.action, a.resource)) {
+        return refuse(ex, c, *refused);
+      }
       if (sub == "/config" && get) {
         std::string body = "{\"source\":\"";
         core::json_escape(body, s.config.source);
@@ -1215,14 +1364,22 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
         });
         return http::Step::kPending;
       }
-      if (sub == "/keys" || sub.rfind("/keys/", 0) == 0) {
+      const bool identity_admin = sub.starts_with("/user-pools/");
+      const bool credentials_admin = sub == "/credentials" || sub.starts_with("/credentials/");
+      if (sub == "/keys" || sub.rfind("/keys/", 0) == 0 || identity_admin || credentials_admin) {
         auto* ioc = static_cast<net::io_context*>(ex.io_context());
         auto token = ex.keep_alive_token();
         gw_.run_blocking(
             *ioc,
             [this, method = std::string(req.method), sub = std::string(sub),
-             body = std::string(req.body),
-             snap = c.snapshot] { return gw_.admin_keys(method, sub, body, snap); },
+             body = std::string(req.body), snap = c.snapshot, identity_admin,
+             credentials_admin] {
+              if (credentials_admin) {
+                return gw_.admin_credentials(method, sub, body, snap->config);
+              }
+              return identity_admin ? gw_.admin_identity(method, sub)
+                                    : gw_.admin_keys(method, sub, body, snap);
+            },
             [&ex, token](GatewayImpl::AdminReply r) {
               if (r.status < 400) {
                 http::ResponseWriter rw(ex.out());
@@ -1248,6 +1405,7 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
       return refuse(ex, c, Refusal{404, "NotFound", "no such admin endpoint", {}});
     }
     case Conn::Builtin::kNone:
+    case Conn::Builtin::kIdentity:
       break;
   }
   return refuse(ex, c, Refusal{500, "InternalError", "unreachable", {}});

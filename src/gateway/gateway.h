@@ -16,10 +16,13 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "config/config.h"
 #include "core/core.h"
 #include "http/http.h"
+#include "policy/policy.h"
 
 namespace gatehouse::auth {
 struct ApiKey;
@@ -36,11 +39,14 @@ struct LimitTable;  // the compiled limits of a Snapshot (limiter.h)
 struct KeyState;    // an API key's limiter cells (limiter.h)
 struct CompiledPlan;  // a usage plan compiled into a LimitTable (limiter.h)
 struct SigV4Slot;     // per-connection SigV4 state (sigv4_stage.h)
+struct AuthzTable;    // the compiled authorization of a Snapshot (authorizer.h)
 
-// Who is calling. Filled by the authenticate stage; "anonymous" by default.
+// Who is calling. Filled by the authenticate stage; anonymous by default. The id is always the
+// principal's ARN (docs/policy.md, "Principals"): policies name it in Principal.AWS and
+// aws:PrincipalArn, and function invocations carry it in their caller context.
 struct Principal {
   std::string_view kind = "anonymous";  // anonymous | api_key | user | role | admin
-  std::string_view id;                  // ARN-shaped id, e.g. "arn:gh:iam::000000000000:user/alice"
+  std::string_view id = policy::kAnonymousArn;  // e.g. arn:gatehouse:iam::<account>:apikey/<id>
 };
 
 // What flows through the stages for one request. Reused per connection; views live as long as
@@ -67,6 +73,16 @@ struct RequestContext {
   // Set by the SigV4 authenticator on a connection's first sigv4 request and reused after;
   // shared_ptr only so this header needs no complete type.
   std::shared_ptr<SigV4Slot> sigv4;
+  const AuthzTable* authz = nullptr;  // the snapshot's compiled authorization
+  // Storage for principal.id when a stage builds it (the API-key check, the JWT authenticator;
+  // reused per connection: no allocation once warm).
+  std::string principal_arn;
+  // Set by the JWT authenticator (routes with auth: jwt), cleared per request: the user pool that
+  // issued the token ("" for an external issuer) and the verified token's claims, one
+  // (name, value) pair per value; the authorize stage turns them into the policy condition keys
+  // docs/identity.md lists (jwt:<name>, cognito-identity.amazonaws.com:sub ...).
+  std::string_view user_pool;
+  std::vector<std::pair<std::string, std::string>> claims;
 };
 
 // A stage's refusal: status, stable error code and message (both with static storage or owned by
@@ -119,7 +135,8 @@ std::unique_ptr<Throttle> no_throttle();
 std::unique_ptr<Guard> no_guard();
 
 // The stages a gateway runs. A null member means the built-in one: API keys (authenticate),
-// the layered limiter (throttle), pass-through (authorize, guard) until their issues land.
+// IAM policies (authorize, docs/policy.md), the layered limiter (throttle), pass-through
+// (guard) until its issue lands.
 struct Stages {
   std::unique_ptr<Authenticator> authenticate;
   std::unique_ptr<Authorizer> authorize;

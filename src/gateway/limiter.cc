@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "policy/policy.h"
+
 namespace gatehouse::gateway {
 
 namespace {
@@ -127,7 +129,6 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
     route_index[rt.name] = i;
     LimitTable::Route lr;
     lr.api_key = rt.api_key;
-    lr.auth = rt.auth;
     if (auto r = rate_layer(rt.throttle, cell(route_cells_, rt.name), lr.route); !r) {
       return tl::unexpected(r.error());
     }
@@ -192,6 +193,7 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
     t->plans.emplace(p.name, std::move(cp));
   }
   t->key_header = c.api_keys.header;
+  t->key_arn_prefix = policy::api_key_arn(c.account_id, "");
   return std::shared_ptr<const LimitTable>(t);
 }
 
@@ -401,7 +403,11 @@ Verdict Limiter::authenticate(RequestContext& ctx, Refusal& out) {
   ctx.api_key = &entry->key;
   ctx.key_state = entry->state;
   ctx.plan = &p;
-  ctx.principal = Principal{"api_key", entry->key.id};
+  // The key's principal is named by its id, which is unique and never reused; its name is only
+  // a label (aws:username) that another key may share.
+  ctx.principal_arn.assign(t->key_arn_prefix);
+  ctx.principal_arn.append(entry->key.id);
+  ctx.principal = Principal{"api_key", ctx.principal_arn};
   return Verdict::kContinue;
 }
 

@@ -70,7 +70,6 @@ struct LimitTable {
   std::vector<std::pair<std::string, RateLayer>> stages;  // by stage name
   struct Route {
     config::ApiKeyMode api_key = config::ApiKeyMode::kNone;
-    config::RouteAuth auth = config::RouteAuth::kApiKey;
     RateLayer route;
     GateLayer route_gate;
     RateLayer function;
@@ -79,6 +78,7 @@ struct LimitTable {
   std::vector<Route> routes;  // by route index
   std::map<std::string, CompiledPlan, std::less<>> plans;
   std::string key_header;
+  std::string key_arn_prefix;  // arn:gatehouse:iam::<account>:apikey/ (the key id follows)
 };
 
 using KeyTable = auth::KeyIndex<KeyState>;

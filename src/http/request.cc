@@ -103,6 +103,24 @@ void ResponseWriter::body(std::string_view content_type, std::string_view body) 
   out_.append(body);
 }
 
+namespace {
+
+// Error codes and request ids are plain tokens ([A-Za-z0-9._-]): appended as they are; anything
+// else goes through the JSON escaper.
+void append_token(std::string& out, std::string_view s) {
+  for (char c : s) {
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                       c == '.' || c == '_' || c == '-';
+    if (!plain) {
+      core::json_escape(out, s);
+      return;
+    }
+  }
+  out.append(s);
+}
+
+}  // namespace
+
 void write_error(std::string& out, int status, std::string_view code, std::string_view message,
                  std::string_view request_id, bool keep_alive, std::string_view extra_headers) {
   // The body is formatted in a per-thread scratch buffer that keeps its capacity, so refusals
@@ -110,11 +128,11 @@ void write_error(std::string& out, int status, std::string_view code, std::strin
   thread_local std::string body;
   body.clear();
   body.append("{\"error\":{\"code\":\"");
-  core::json_escape(body, code);
+  append_token(body, code);
   body.append("\",\"message\":\"");
   core::json_escape(body, message);
   body.append("\",\"request_id\":\"");
-  core::json_escape(body, request_id);
+  append_token(body, request_id);
   body.append("\"}}");
   ResponseWriter w(out);
   w.start(status, request_id, keep_alive);

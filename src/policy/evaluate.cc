@@ -2,6 +2,9 @@
 // compiled at parse time, so a request without policy variables allocates nothing here; a value
 // with variables is resolved into one reused scratch string.
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <optional>
 
 #include "policy/compiled.h"
@@ -34,14 +37,50 @@ std::string_view Policy::sid(std::size_t index) const noexcept {
                                           : std::string_view();
 }
 
-void Context::set(std::string_view key, std::vector<std::string> values) {
-  for (auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      v = std::move(values);
-      return;
+std::vector<std::string> Policy::condition_keys() const {
+  std::vector<std::string> keys;
+  auto add = [&keys](const std::string& key) {
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+      keys.push_back(key);
+    }
+  };
+  auto add_variables = [&add](const Template& t) {
+    for (const Segment& s : t.segments) {
+      if (s.kind == Segment::Kind::kVariable) {
+        add(s.text);
+      }
+    }
+  };
+  for (const Statement& s : impl_->statements) {
+    for (const Template& t : s.resources) {
+      add_variables(t);
+    }
+    for (const Condition& c : s.conditions) {
+      add(c.key);
+      for (const ConditionValue& v : c.values) {
+        add_variables(v.value);
+      }
     }
   }
-  entries_.emplace_back(std::string(key), std::move(values));
+  return keys;
+}
+
+Context::Entry* Context::entry(std::string_view key) noexcept {
+  for (Entry& e : entries_) {
+    if (detail::iequals(e.key, key)) {
+      return &e;
+    }
+  }
+  return nullptr;
+}
+
+void Context::set(std::string_view key, std::vector<std::string> values) {
+  if (Entry* e = entry(key)) {
+    e->values = std::move(values);
+    e->present = true;
+    return;
+  }
+  entries_.push_back(Entry{std::string(key), std::move(values), true});
 }
 
 void Context::set(std::string_view key, std::string value) {
@@ -51,22 +90,120 @@ void Context::set(std::string_view key, std::string value) {
 }
 
 void Context::add(std::string_view key, std::string value) {
-  for (auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      v.push_back(std::move(value));
-      return;
+  Entry* e = entry(key);
+  if (e == nullptr) {
+    set(key, std::move(value));
+    return;
+  }
+  if (!e->present) {
+    e->values.clear();
+    e->present = true;
+  }
+  e->values.push_back(std::move(value));
+}
+
+void Context::assign(std::string_view key, std::string_view value) {
+  Entry* e = entry(key);
+  if (e == nullptr) {
+    set(key, std::string(value));
+    return;
+  }
+  e->values.resize(1);  // shrinking keeps the first string and its capacity
+  e->values[0].assign(value);
+  e->present = true;
+}
+
+void Context::clear(std::string_view key) noexcept {
+  if (Entry* e = entry(key)) {
+    e->present = false;  // the values stay allocated for the next assign()
+  }
+}
+
+void Context::clear_prefix(std::string_view prefix) noexcept {
+  for (Entry& e : entries_) {
+    if (e.key.size() >= prefix.size() &&
+        detail::iequals(std::string_view(e.key).substr(0, prefix.size()), prefix)) {
+      e.present = false;
     }
   }
-  set(key, std::move(value));
+}
+
+void Context::append(std::string_view key, std::string_view value) {
+  Entry* e = entry(key);
+  if (e == nullptr || !e->present) {
+    assign(key, value);
+    return;
+  }
+  e->values.emplace_back(value);
 }
 
 const std::vector<std::string>* Context::find(std::string_view key) const noexcept {
-  for (const auto& [k, v] : entries_) {
-    if (detail::iequals(k, key)) {
-      return &v;
+  for (const Entry& e : entries_) {
+    if (detail::iequals(e.key, key)) {
+      return e.present ? &e.values : nullptr;
     }
   }
   return nullptr;
+}
+
+namespace {
+// arn:gatehouse:iam::<account>:<parts...>
+template <class... Parts>
+std::string iam_arn(std::string_view account, Parts... parts) {
+  std::string arn = "arn:gatehouse:iam::";
+  arn += account;
+  arn += ':';
+  (arn.append(parts), ...);
+  return arn;
+}
+}  // namespace
+
+std::string role_arn(std::string_view account, std::string_view name) {
+  return iam_arn(account, std::string_view("role/"), name);
+}
+
+std::string api_key_arn(std::string_view account, std::string_view key_id) {
+  return iam_arn(account, std::string_view("apikey/"), key_id);
+}
+
+std::string user_arn(std::string_view account, std::string_view pool, std::string_view name) {
+  return iam_arn(account, std::string_view("user/"), pool, std::string_view("/"), name);
+}
+
+std::string admin_arn(std::string_view account) {
+  return iam_arn(account, std::string_view("admin"));
+}
+
+std::string function_arn(std::string_view region, std::string_view account, std::string_view name) {
+  return "arn:gatehouse:lambda:" + std::string(region) + ":" + std::string(account) +
+         ":function:" + std::string(name);
+}
+
+std::shared_ptr<const Policy> allow_all_policy() {
+  static const std::shared_ptr<const Policy> kPolicy = [] {
+    auto p =
+        parse_policy(R"({"Version":"2012-10-17","Statement":[{"Sid":"AllowAll","Effect":"Allow",)"
+                     R"("Action":"*","Resource":"*"}]})",
+                     "gatehouse:allow-all", PolicyKind::kIdentity);
+    if (!p) {
+      std::abort();  // a constant, valid document: parsing it cannot fail
+    }
+    return std::make_shared<const Policy>(std::move(*p));
+  }();
+  return kPolicy;
+}
+
+void set_time_keys(Context& context, std::chrono::system_clock::time_point now) {
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch());
+  const std::time_t t = static_cast<std::time_t>(secs.count());
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char iso[32];
+  const std::size_t n = std::strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  context.assign("aws:CurrentTime", std::string_view(iso, n));
+  char num[24];
+  const int m = std::snprintf(num, sizeof num, "%lld", static_cast<long long>(secs.count()));
+  context.assign("aws:EpochTime", std::string_view(num, m > 0 ? static_cast<std::size_t>(m) : 0));
 }
 
 std::string Decision::explain() const {
@@ -113,7 +250,14 @@ class Evaluator {
   // the principal; one whose variables cannot be resolved never applies.
   bool applies(const Statement& s, bool in_resource_policy) {
     if (s.has_principal) {
-      if (principal_matches(s.principals) == s.not_principal) {
+      const PrincipalMatch m = principal_matches(s.principals);
+      if ((m != PrincipalMatch::kNone) == s.not_principal) {
+        return false;
+      }
+      // An Allow that names the caller's account (or its :root) delegates to the account's
+      // identity policies, as in IAM: it grants nothing by itself. A Deny naming the account
+      // denies every principal of it.
+      if (in_resource_policy && !s.deny && m == PrincipalMatch::kAccountOnly) {
         return false;
       }
     } else if (in_resource_policy) {
@@ -211,19 +355,19 @@ class Evaluator {
     return std::string_view(scratch_);
   }
 
-  bool principal_matches(const PrincipalSet& set) const {
+  // How a Principal/NotPrincipal block names the caller: not at all, only through its account,
+  // or as itself ("*", one of its ARNs, services or providers).
+  enum class PrincipalMatch : std::uint8_t { kNone, kAccountOnly, kItself };
+
+  PrincipalMatch principal_matches(const PrincipalSet& set) const {
     if (set.any) {
-      return true;
+      return PrincipalMatch::kItself;
     }
     const Principal& p = r_.principal;
-    if (!account_.empty() &&
-        std::find(set.accounts.begin(), set.accounts.end(), account_) != set.accounts.end()) {
-      return true;
-    }
     for (const std::string& listed : set.arns) {
       for (const std::string& arn : p.arns) {
         if (detail::same_arn(listed, arn)) {
-          return true;
+          return PrincipalMatch::kItself;
         }
       }
     }
@@ -232,7 +376,14 @@ class Evaluator {
         return std::find(have.begin(), have.end(), l) != have.end();
       });
     };
-    return any_in(set.services, p.services) || any_in(set.federated, p.federated);
+    if (any_in(set.services, p.services) || any_in(set.federated, p.federated)) {
+      return PrincipalMatch::kItself;
+    }
+    if (!account_.empty() &&
+        std::find(set.accounts.begin(), set.accounts.end(), account_) != set.accounts.end()) {
+      return PrincipalMatch::kAccountOnly;
+    }
+    return PrincipalMatch::kNone;
   }
 
   template <class T>

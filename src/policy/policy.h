@@ -7,6 +7,7 @@
 // Thread safety: a Policy is immutable once parsed and may be shared by any number of threads
 // (evaluate() only reads it). Context and Request are plain values owned by the caller.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -56,6 +57,10 @@ class Policy {
   [[nodiscard]] std::size_t statement_count() const noexcept;
   // The Sid of statement `index` ("" when it has none, or index is out of range).
   [[nodiscard]] std::string_view sid(std::size_t index) const noexcept;
+  // Every condition key the document reads, lowercased, each once: the keys of its Condition
+  // blocks and the ${key} variables of its Resource and Condition values. Lets a caller fill
+  // only the context keys some policy can look at (the gateway's request headers).
+  [[nodiscard]] std::vector<std::string> condition_keys() const;
 
   [[nodiscard]] const detail::CompiledPolicy& compiled() const noexcept { return *impl_; }
 
@@ -82,11 +87,29 @@ class Context {
   void set(std::string_view key, std::string value);
   // Adds one more value to `key`.
   void add(std::string_view key, std::string value);
+  // Sets `key` to the single value `value`, reusing the storage of an earlier value of the key:
+  // allocation-free once the key was set before with a value at least as long. The request path
+  // keeps one Context per thread and assigns into it.
+  void assign(std::string_view key, std::string_view value);
+  // Makes `key` absent (find() returns nullptr) while keeping its storage for the next assign().
+  // No allocation.
+  void clear(std::string_view key) noexcept;
+  // Makes every key that starts with `prefix` (case-insensitively) absent, as clear() does.
+  void clear_prefix(std::string_view prefix) noexcept;
+  // Adds `value` to `key`: its only value when the key is absent, reusing storage as assign()
+  // does; one more value otherwise.
+  void append(std::string_view key, std::string_view value);
   // The values of `key`, or nullptr when the key is absent. Allocation-free.
   [[nodiscard]] const std::vector<std::string>* find(std::string_view key) const noexcept;
 
  private:
-  std::vector<std::pair<std::string, std::vector<std::string>>> entries_;
+  struct Entry {
+    std::string key;
+    std::vector<std::string> values;
+    bool present = true;
+  };
+  [[nodiscard]] Entry* entry(std::string_view key) noexcept;
+  std::vector<Entry> entries_;
 };
 
 // Who is asking. An empty principal (no ARN, service or provider) is anonymous and matches only
@@ -111,6 +134,30 @@ struct Request {
 };
 
 enum class Effect : std::uint8_t { kAllow, kExplicitDeny, kImplicitDeny };
+
+// Gatehouse's principal and resource names (docs/policy.md, "Names"). Each returns a new string.
+//
+// The anonymous caller. It has no account (so a Principal naming the account, or its :root,
+// never matches it), but policies can name it in Principal.AWS and aws:PrincipalArn.
+inline constexpr std::string_view kAnonymousArn = "arn:gatehouse:iam:::anonymous";
+// arn:gatehouse:iam::<account>:role/<name>
+[[nodiscard]] std::string role_arn(std::string_view account, std::string_view name);
+// arn:gatehouse:iam::<account>:apikey/<key id> (the id, not the name: names are labels that
+// several keys may share, ids are unique and survive rotation)
+[[nodiscard]] std::string api_key_arn(std::string_view account, std::string_view key_id);
+// arn:gatehouse:iam::<account>:user/<pool>/<name>, a user of a user pool
+[[nodiscard]] std::string user_arn(std::string_view account, std::string_view pool,
+                                   std::string_view name);
+// arn:gatehouse:iam::<account>:admin (the holder of the admin token)
+[[nodiscard]] std::string admin_arn(std::string_view account);
+// arn:gatehouse:lambda:<region>:<account>:function:<name>
+[[nodiscard]] std::string function_arn(std::string_view region, std::string_view account,
+                                       std::string_view name);
+// A policy allowing every action on every resource (id "gatehouse:allow-all"): the identity
+// policy of principals that are unrestricted by default (the admin). Built once; shared.
+[[nodiscard]] std::shared_ptr<const Policy> allow_all_policy();
+// Sets aws:CurrentTime (ISO 8601 UTC, seconds) and aws:EpochTime (seconds) from `now`.
+void set_time_keys(Context& context, std::chrono::system_clock::time_point now);
 
 // The outcome and the statement that decided it. `policy` and `sid` borrow from the Policy that
 // decided; they stay valid while that Policy lives.

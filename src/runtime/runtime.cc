@@ -50,8 +50,6 @@ constexpr auto kInitTimeout = 10s;  // a worker must ask for work this soon afte
 constexpr auto kSweepInterval = 100ms;
 constexpr auto kMaxBackoff = 60s;
 constexpr std::string_view kApiPrefix = "/2018-06-01/runtime/";
-constexpr std::string_view kAccountId = "000000000000";
-constexpr std::string_view kRegion = "us-east-1";
 
 std::string error_doc(std::string_view type, std::string_view message) {
   boost::json::object o;
@@ -91,31 +89,10 @@ std::string_view source_prefix(SourceKind k) {
   return "direct:";
 }
 
-bool pattern_matches(std::string_view pattern, std::string_view value) {
-  if (!pattern.empty() && pattern.back() == '*') {
-    pattern.remove_suffix(1);
-    return value.starts_with(pattern);
-  }
-  return pattern == value;
-}
-
-// Whether `caller` may invoke `f` (see FunctionConfig::invokers).
-bool may_invoke(const config::FunctionConfig& f, const CallerContext& caller) {
-  if (caller.source == SourceKind::kDirect && caller.principal == "admin") {
-    return true;
-  }
-  if (!f.invokers_set) {
-    return caller.source == SourceKind::kRoute;
-  }
-  const std::string source = std::string(source_prefix(caller.source)) + caller.source_name;
-  const std::string principal = "principal:" + caller.principal;
-  for (const std::string& p : f.invokers) {
-    if ((caller.source != SourceKind::kDirect && pattern_matches(p, source)) ||
-        pattern_matches(p, principal)) {
-      return true;
-    }
-  }
-  return false;
+// "route", "trigger", "workflow" or "direct" (gatehouse:SourceKind).
+std::string_view source_kind_name(SourceKind k) {
+  const std::string_view prefix = source_prefix(k);
+  return prefix.substr(0, prefix.size() - 1);
 }
 
 // The settings that shape a process: a change means old workers must not take new work.
@@ -123,7 +100,8 @@ std::string process_key(const config::FunctionConfig& f) {
   std::string k = std::to_string(static_cast<int>(f.runtime)) + '\0' + f.working_dir + '\0' +
                   f.handler + '\0' + std::to_string(f.memory_mb) + '\0' +
                   std::to_string(f.max_pids) + '\0' +
-                  std::to_string(static_cast<int>(f.sandbox.network)) + '\0' + f.role + '\0';
+                  std::to_string(static_cast<int>(f.sandbox.network)) + '\0' +
+                  std::to_string(f.sandbox.tmp_mb) + '\0' + f.role + '\0';
   for (const auto& a : f.command) {
     k += a + '\x01';
   }
@@ -337,6 +315,8 @@ class RuntimeImpl final : public Runtime {
   // Runtime thread from here on.
   void apply(const config::Config& config) {
     max_depth_ = config.runtime.max_lineage_depth;
+    region_ = config.region;
+    account_ = config.account_id;
     run_as_uid_ = config.runtime.run_as_uid;
     run_as_gid_ = config.runtime.run_as_gid;
     for (auto& [name, f] : functions_) {
@@ -364,12 +344,6 @@ class RuntimeImpl final : public Runtime {
         ++slot->generation;
         slot->init_failures = 0;
         slot->spawn_allowed_at = {};
-      }
-      if (fc.sandbox.network == config::NetworkMode::kLoopback) {
-        spdlog::warn(
-            "function {}: sandbox.network loopback is not enforced yet; it runs in the host "
-            "network namespace",
-            fc.name);
       }
     }
     for (auto& [name, f] : functions_) {
@@ -417,11 +391,11 @@ class RuntimeImpl final : public Runtime {
                         " is over runtime.max_lineage_depth " + std::to_string(max_depth_)));
       return;
     }
-    if (!may_invoke(*f.cfg, p->inv.caller)) {
+    if (const policy::Decision d = authorize_invocation(*f.cfg, p->inv.caller); !d.allowed()) {
       f.counters->refused.fetch_add(1, std::memory_order_relaxed);
-      reply(std::move(p), failure(ErrorCode::kForbidden, "AccessDenied",
-                                  "the caller is not among the invokers of '" +
-                                      p->inv.function + "'"));
+      reply(std::move(p),
+            failure(ErrorCode::kForbidden, "AccessDenied",
+                    "the caller may not invoke '" + p->inv.function + "' (" + d.explain() + ")"));
       return;
     }
     const auto now = steady_clock::now();
@@ -498,8 +472,8 @@ class RuntimeImpl final : public Runtime {
     env.emplace_back("LANG=C.UTF-8");
     env.emplace_back("TZ=:UTC");
     env.emplace_back("HOME=/tmp");
-    env.emplace_back("AWS_REGION=" + std::string(kRegion));
-    env.emplace_back("AWS_DEFAULT_REGION=" + std::string(kRegion));
+    env.emplace_back("AWS_REGION=" + region_);
+    env.emplace_back("AWS_DEFAULT_REGION=" + region_);
     env.emplace_back("AWS_EXECUTION_ENV=gatehouse");
     env.emplace_back("AWS_LAMBDA_FUNCTION_NAME=" + fc.name);
     env.emplace_back("AWS_LAMBDA_FUNCTION_VERSION=$LATEST");
@@ -515,6 +489,7 @@ class RuntimeImpl final : public Runtime {
     }
     if (!fc.role.empty()) {
       env.emplace_back("GATEHOUSE_ROLE=" + fc.role);
+      env.emplace_back("GATEHOUSE_ROLE_ARN=" + policy::role_arn(account_, fc.role));
     }
     for (const auto& [k, v] : fc.env) {
       env.emplace_back(k + "=" + v);
@@ -543,7 +518,9 @@ class RuntimeImpl final : public Runtime {
     spec.working_dir = fc.working_dir;
     spec.name = fc.name + "-" + std::to_string(w->id);
     spec.runtime_api = lambda;
-    spec.new_netns = fc.sandbox.network == config::NetworkMode::kNone;
+    spec.network = fc.sandbox.network;
+    spec.tmp_bytes = std::uint64_t{fc.sandbox.tmp_mb} * 1024 * 1024;
+    spec.hostname = fc.name;
     spec.stdin_pipe = !lambda;
     spec.memory_bytes = std::uint64_t{fc.memory_mb} * 1024 * 1024;
     spec.max_pids = fc.max_pids;
@@ -713,8 +690,7 @@ class RuntimeImpl final : public Runtime {
         {"Lambda-Runtime-Aws-Request-Id", w.current_id},
         {"Lambda-Runtime-Deadline-Ms", std::to_string(deadline_ms)},
         {"Lambda-Runtime-Invoked-Function-Arn",
-         "arn:aws:lambda:" + std::string(kRegion) + ":" + std::string(kAccountId) +
-             ":function:" + fc.name},
+         "arn:aws:lambda:" + region_ + ":" + account_ + ":function:" + fc.name},
         {"Lambda-Runtime-Trace-Id",
          "Root=1-" + core::random_hex(4) + "-" + core::random_hex(12) + ";Sampled=0"},
         {"Lambda-Runtime-Client-Context", boost::json::serialize(client_context)},
@@ -808,9 +784,7 @@ class RuntimeImpl final : public Runtime {
   }
 
   void on_exit(const std::shared_ptr<Worker>& w) {
-    int status = 0;
-    while (::waitpid(w->proc.pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    const int status = detail::reap(w->proc);
     w->exited = true;
     w->wait_status = status;
     Function& f = *w->fn;
@@ -997,6 +971,8 @@ class RuntimeImpl final : public Runtime {
   std::map<std::string, std::unique_ptr<Function>, std::less<>> functions_;
   std::uint64_t next_worker_ = 0;
   std::uint32_t max_depth_ = 16;
+  std::string region_;   // config region and account_id: AWS_REGION and the function ARN
+  std::string account_;  // the functions see (Lambda-Runtime-Invoked-Function-Arn)
   std::uint32_t run_as_uid_ = 65534;
   std::uint32_t run_as_gid_ = 65534;
   mutable std::mutex counters_mu_;
@@ -1184,6 +1160,64 @@ core::Result<std::unique_ptr<Runtime>> Runtime::create(const config::Config& con
   } catch (const std::exception& e) {
     return core::make_error(ErrorCode::kInternal, std::string("runtime: ") + e.what());
   }
+}
+
+CallerContext admin_caller(const config::Config& config) {
+  CallerContext c;
+  c.principal = policy::admin_arn(config.account_id);
+  if (config.admin.compiled.empty()) {
+    c.policies.push_back(policy::allow_all_policy());
+  } else {
+    c.policies = config.admin.compiled;
+  }
+  c.source = SourceKind::kDirect;
+  return c;
+}
+
+CallerContext role_caller(const config::Config& config, std::string_view role) {
+  CallerContext c;
+  c.principal = policy::role_arn(config.account_id, role);
+  if (const config::Role* r = config.find_role(role)) {
+    c.policies = r->compiled;
+  }
+  return c;
+}
+
+policy::Decision authorize_invocation(const config::FunctionConfig& f,
+                                      const CallerContext& caller) {
+  if (!f.policy.compiled && caller.source == SourceKind::kRoute) {
+    // No resource policy: every route that targets the function may call it; the route's own
+    // authorization already decided who reaches the route.
+    policy::Decision allow;
+    allow.effect = policy::Effect::kAllow;
+    return allow;
+  }
+  policy::Request r;
+  r.principal.arns.push_back(caller.principal);
+  r.principal.tags = caller.principal_tags;
+  r.action = "lambda:InvokeFunction";
+  r.resource = f.arn;
+  // arn:gatehouse:lambda:<region>:<account>:function:<name>: the deployment's account.
+  std::string_view account = f.arn;
+  for (int i = 0; i < 4 && !account.empty(); ++i) {
+    const std::size_t colon = account.find(':');
+    account.remove_prefix(colon == std::string_view::npos ? account.size() : colon + 1);
+  }
+  r.account = std::string(account.substr(0, account.find(':')));
+  r.context = caller.conditions;
+  r.context.assign("gatehouse:SourceKind", source_kind_name(caller.source));
+  r.context.assign("gatehouse:Source",
+                   std::string(source_prefix(caller.source)) + caller.source_name);
+  r.context.assign("gatehouse:LineageDepth", std::to_string(caller.depth));
+  if (r.context.find("aws:EpochTime") == nullptr) {
+    policy::set_time_keys(r.context, std::chrono::system_clock::now());
+  }
+  std::vector<const policy::Policy*> identity;
+  identity.reserve(caller.policies.size());
+  for (const auto& p : caller.policies) {
+    identity.push_back(p.get());
+  }
+  return policy::evaluate(r, identity, f.policy.compiled.get());
 }
 
 }  // namespace gatehouse::runtime

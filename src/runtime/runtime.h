@@ -7,7 +7,8 @@
 // each function's workers (reserved_concurrency), queues up to max_queue invocations beyond
 // them, kills a worker's whole process tree at its deadline, limits memory and tasks (cgroups
 // when the host allows, rlimits otherwise), refuses call chains deeper than
-// runtime.max_lineage_depth and checks each function's `invokers`.
+// runtime.max_lineage_depth and checks each function's resource policy (`policy`, or `invokers`
+// translated into one) against the caller before anything runs (docs/policy.md, "Wiring").
 //
 // Thread-safety: invoke(), update(), stats_text() and stop() may be called from any thread.
 // Everything else runs on the runtime's own thread (one io_context), plus one spawner thread
@@ -21,12 +22,14 @@
 
 #include "config/config.h"
 #include "core/core.h"
+#include "policy/policy.h"
 
 namespace gatehouse::runtime {
 
-// Why an invocation happens. Its name is what a function's `invokers` match against.
+// Why an invocation happens: the condition keys gatehouse:SourceKind (route | trigger | workflow
+// | direct) and gatehouse:Source ("route:NAME", "trigger:NAME", "workflow:NAME", "direct:").
 enum class SourceKind : std::uint8_t {
-  kDirect,    // the admin API or the CLI (always allowed)
+  kDirect,    // the admin API or the CLI
   kRoute,     // a gateway route; source_name is the route name
   kTrigger,   // a bucket notification or other trigger; source_name is its name
   kWorkflow,  // a workflow step; source_name is "workflow-name"; detail is "execution/state"
@@ -34,7 +37,16 @@ enum class SourceKind : std::uint8_t {
 
 // Who caused an invocation and why; every invocation carries one.
 struct CallerContext {
-  std::string principal = "anonymous";  // e.g. "admin", "api_key:ghk_..", an ARN
+  // The caller's ARN (docs/policy.md, "Principals"): aws:PrincipalArn for the function's
+  // policy, and what the function sees (Gatehouse-Principal, the event's requestContext).
+  std::string principal = std::string(policy::kAnonymousArn);
+  std::vector<std::pair<std::string, std::string>> principal_tags;  // aws:PrincipalTag/<k>
+  // The identity policies attached to the caller (its plan's, its role's, the admin's).
+  std::vector<config::PolicyPtr> policies;
+  // The condition keys its entry point knows (aws:SourceIp, gatehouse:Route, ... as
+  // docs/policy.md lists). The runtime adds gatehouse:SourceKind, gatehouse:Source,
+  // gatehouse:LineageDepth and, when absent, the time keys.
+  policy::Context conditions;
   SourceKind source = SourceKind::kDirect;
   std::string source_name;  // route, trigger or workflow name ("" for kDirect)
   std::string detail;       // workflow "execution/state"; free text otherwise
@@ -61,7 +73,10 @@ struct InvokeResult {
   //   kFunctionTimedOut (504) killed at its deadline, or no worker became free in time;
   //   kConcurrencyLimit (429) reserved_concurrency busy and the queue full;
   //   kRecursiveInvocation (508) lineage depth over runtime.max_lineage_depth;
-  //   kForbidden (403) the source is not among the function's invokers;
+  //   kForbidden (403) AccessDenied: the function's resource policy (or, without one, the
+  //                    caller's identity policies, for a caller that is not a route) does
+  //                    not allow lambda:InvokeFunction; the message names the deciding
+  //                    statement (policy id and Sid);
   //   kNotFound (404) no such function with a runtime; kUnavailable (503) stopping.
   core::ErrorCode code = core::ErrorCode::kInternal;
   std::string error_type;  // !ok: "Task.TimedOut", "Runtime.ExitError", "Runtime.OutOfMemory",
@@ -72,6 +87,24 @@ struct InvokeResult {
 };
 
 using InvokeCallback = std::function<void(InvokeResult)>;
+
+// The caller for the admin API and `gatehouse invoke`: principal arn:gatehouse:iam::<account>:
+// admin, identity policies admin.policies (allowed everything when there are none), source
+// kDirect.
+[[nodiscard]] CallerContext admin_caller(const config::Config& config);
+// The caller for invocations a function makes while acting as `role` (its FunctionConfig::role):
+// principal arn:gatehouse:iam::<account>:role/<role>, the role's identity policies (none when
+// the role is not declared). Source and depth are left for the caller to set.
+[[nodiscard]] CallerContext role_caller(const config::Config& config, std::string_view role);
+
+// Whether `caller` may invoke `function`, as Runtime::invoke decides it (the one place that
+// decides it): lambda:InvokeFunction on function.arn, evaluated over the caller's identity
+// policies and the function's resource policy (`policy`, or `invokers` translated into one).
+// Without a resource policy, a route may always call (the route's own authorization applied)
+// and other callers need an identity policy that allows it. The Decision borrows from the
+// policies.
+[[nodiscard]] policy::Decision authorize_invocation(const config::FunctionConfig& function,
+                                                    const CallerContext& caller);
 
 struct Options {
   // Tests and the CLI may run functions as the current user even when it is root.

@@ -97,6 +97,7 @@ def test_native_function_route_and_admin_invoke_warm_worker(start_gatehouse, fn_
     assert ev["requestContext"]["http"]["method"] == "GET"
     assert ev["requestContext"]["requestId"] == r.header("x-request-id")
     assert out["source"] == "route:echo-get"
+    assert out["principal"] == "arn:gatehouse:iam:::anonymous"
     assert out["lineage_depth"] == "1"
     if os.geteuid() == 0:
         assert out["uid"] == 65534  # root drops to nobody
@@ -106,7 +107,7 @@ def test_native_function_route_and_admin_invoke_warm_worker(start_gatehouse, fn_
     second = invoke(g, "echo", {"k": "w"})
     assert second.status == 200
     assert first.json()["echo"] == {"k": "v"} and second.json()["echo"] == {"k": "w"}
-    assert first.json()["principal"] == "admin"
+    assert first.json()["principal"] == "arn:gatehouse:iam::000000000000:admin"
     # The route's call started the worker; both admin calls reuse it.
     assert first.json()["pid"] == out["pid"] == second.json()["pid"]
     assert second.header("x-gatehouse-cold-start") == "false"
@@ -154,18 +155,22 @@ def test_exec_shell_function_with_proxy_response_and_payload_1_0(start_gatehouse
     assert direct.status == 200 and direct.json() == {"raw": True}
 
 
-@pytest.mark.deadline(90)
-def test_node_function_through_aws_lambda_ric(start_gatehouse):
+def node_function(name: str, **extra) -> dict:
+    """tests/functions/node/index.mjs run by the npm aws-lambda-ric."""
     ric = NODE_DIR / "node_modules" / "aws-lambda-ric" / "index.mjs"
     if not ric.exists():
         pytest.fail(f"{ric} is missing: run scripts/setup (npm ci in tests/functions/node)")
     world_readable(ric)
-
-    def modify(cfg):
-        cfg["functions"] = [{
-            "name": "node", "runtime": "lambda", "command": ["/usr/bin/node", str(ric)],
+    world_readable(NODE_DIR / "index.mjs")
+    return {"name": name, "runtime": "lambda", "command": ["/usr/bin/node", str(ric)],
             "working_dir": str(NODE_DIR), "handler": "index.handler", "memory_mb": 256,
-            "max_pids": 128, "timeout_s": 20}]
+            "max_pids": 128, "timeout_s": 20, **extra}
+
+
+@pytest.mark.deadline(90)
+def test_node_function_through_aws_lambda_ric(start_gatehouse):
+    def modify(cfg):
+        cfg["functions"] = [node_function("node")]
         cfg["routes"].append(function_route("node", "POST", "/node/{p}", "node"))
     g = start_gatehouse(modify)
     r = g.get("/node/abc", method="POST", body=b'{"q": 1}', timeout=20)

@@ -10,30 +10,13 @@
 #include <cstring>
 #include <string>
 
+#include "event_field.h"
 #include "gatehouse_lambda.h"
-
-namespace {
-std::string field(const std::string& json, const std::string& key) {
-  const auto k = json.find("\"" + key + "\"");
-  if (k == std::string::npos) {
-    return {};
-  }
-  auto v = json.find(':', k) + 1;
-  while (v < json.size() && (json[v] == ' ' || json[v] == '"')) {
-    ++v;
-  }
-  auto e = v;
-  while (e < json.size() && json[e] != '"' && json[e] != ',' && json[e] != '}') {
-    ++e;
-  }
-  return json.substr(v, e - v);
-}
-}  // namespace
 
 int main() {
   return gatehouse::lambda::run([](const gatehouse::lambda::Invocation& inv) {
-    const std::string host = field(inv.payload, "host");
-    const int port = std::atoi(field(inv.payload, "port").c_str());
+    const std::string host = event_field(inv.payload, "host");
+    const int port = std::atoi(event_field(inv.payload, "port").c_str());
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;

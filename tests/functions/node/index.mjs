@@ -1,5 +1,10 @@
 // A Node.js function run through the real aws-lambda-ric: answers with an API Gateway proxy
-// response, or throws when asked to.
+// response, or throws when asked to. It also reports the sandbox it runs in.
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+
+const seccompMode = () => /^Seccomp:\s*(\d+)/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+
 export const handler = async (event, context) => {
   let body = {};
   try {
@@ -20,6 +25,7 @@ export const handler = async (event, context) => {
       functionName: context.functionName,
       memory: context.memoryLimitInMB,
       path: event.rawPath,
+      sandbox: { seccomp: seccompMode(), pid: process.pid, hostname: hostname() },
       depth: context.clientContext?.Custom?.["gatehouse-lineage-depth"] ?? context.clientContext?.custom?.["gatehouse-lineage-depth"] ?? null,
     }),
   };

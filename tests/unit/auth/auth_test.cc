@@ -65,6 +65,59 @@ TEST_F(KeysTest, IndexVerifiesOnlyTheExactLiveKey) {
   EXPECT_EQ(idx.verify("ghk_ZZZZZZZZZZZZZZZZ_" + std::string(48, '0')), nullptr);
 }
 
+// Many keys built by hand (the registry would be slow): every live key verifies, its neighbours
+// with one hex digit changed in the id or the secret do not, revoked and malformed records are
+// never found, and upper-case hex is refused.
+TEST(KeyIndexTest, ManyKeysEachFoundExactly) {
+  KeyIndex<int> idx;
+  int state = 0;
+  std::vector<std::string> live;
+  std::vector<std::string> revoked;
+  for (int i = 0; i < 5000; ++i) {
+    const std::string key = "ghk_" + core::random_hex(8) + "_" + core::random_hex(24);
+    ApiKey rec;
+    std::string_view id;
+    ASSERT_TRUE(parse_key(key, id));
+    rec.id = std::string(id);
+    rec.name = "k" + std::to_string(i);
+    rec.plan = "free";
+    rec.hash = core::sha256_hex(key);
+    rec.revoked = i % 10 == 0;
+    (rec.revoked ? revoked : live).push_back(key);
+    idx.add(std::move(rec), &state);
+  }
+  ApiKey broken;  // a record with a malformed hash is never found
+  broken.id = "00000000000000ff";
+  broken.hash = "xyz";
+  idx.add(std::move(broken), &state);
+  EXPECT_EQ(idx.size(), 5001u);
+  for (const auto& key : live) {
+    const auto* e = idx.verify(key);
+    ASSERT_NE(e, nullptr) << key;
+    EXPECT_EQ(e->key.hash, core::sha256_hex(key));
+  }
+  for (const auto& key : revoked) {
+    EXPECT_EQ(idx.verify(key), nullptr);
+  }
+  EXPECT_EQ(idx.verify("ghk_00000000000000ff_" + std::string(48, '0')), nullptr);
+  for (std::size_t i = 0; i < 200; ++i) {
+    std::string other_id = live[i];
+    other_id[4 + i % 16] = other_id[4 + i % 16] == 'a' ? 'b' : 'a';
+    EXPECT_EQ(idx.verify(other_id), nullptr);
+    std::string other_secret = live[i];
+    other_secret[21 + i % 48] = other_secret[21 + i % 48] == 'a' ? 'b' : 'a';
+    EXPECT_EQ(idx.verify(other_secret), nullptr);
+    std::string upper = live[i];
+    for (auto& c : upper) {
+      c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    }
+    upper.replace(0, 4, "ghk_");
+    EXPECT_EQ(idx.verify(upper), nullptr);
+  }
+  KeyIndex<int> empty;
+  EXPECT_EQ(empty.verify(live[0]), nullptr);
+}
+
 TEST_F(KeysTest, RevokedKeysStopWorking) {
   auto k = registry_->create("alice", "free", {});
   ASSERT_TRUE(k.has_value());

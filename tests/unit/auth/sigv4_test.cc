@@ -80,16 +80,16 @@ std::array<unsigned char, 32> signing_key(std::string_view secret, std::string_v
 // Signs `r` (Authorization header) with the given signed headers and payload hash.
 void sign(Req& r, std::string_view id, std::string_view secret, std::string_view amz_date,
           std::string_view service, std::string_view signed_headers, std::string_view payload) {
-  auto creq = SigV4Verifier::canonical_request(r.get(), signed_headers, payload, service == "s3",
-                                               false);
+  auto creq =
+      SigV4Verifier::canonical_request(r.get(), signed_headers, payload, service == "s3", false);
   ASSERT_TRUE(creq) << creq.error().message;
   const std::string scope =
       std::string(amz_date.substr(0, 8)) + "/us-east-1/" + std::string(service) + "/aws4_request";
   const std::string sts = SigV4Verifier::string_to_sign(amz_date, scope, *creq);
   const auto key = signing_key(secret, amz_date.substr(0, 8), "us-east-1", service);
   r.headers.emplace_back("Authorization", "AWS4-HMAC-SHA256 Credential=" + std::string(id) + "/" +
-                                              scope + ", SignedHeaders=" +
-                                              std::string(signed_headers) +
+                                              scope +
+                                              ", SignedHeaders=" + std::string(signed_headers) +
                                               ", Signature=" + hexs(mac(key, sts)));
 }
 
@@ -130,12 +130,13 @@ TEST(SigV4Vectors, EveryPublishedVector) {
     const auto sh_pos = authz.find("SignedHeaders=") + 14;
     const std::string signed_headers = authz.substr(sh_pos, authz.find(',', sh_pos) - sh_pos);
     // 1. The canonical request and the string to sign, byte for byte.
-    auto creq = SigV4Verifier::canonical_request(r.get(), signed_headers,
-                                                 core::sha256_hex(r.body), false, false);
+    auto creq = SigV4Verifier::canonical_request(r.get(), signed_headers, core::sha256_hex(r.body),
+                                                 false, false);
     ASSERT_TRUE(creq) << creq.error().message;
     const std::string published_creq(t.at("creq").as_string());
     const std::string sts(t.at("sts").as_string());
-    const bool creq_matches_sts = sts.substr(sts.rfind('\n') + 1) == core::sha256_hex(published_creq);
+    const bool creq_matches_sts =
+        sts.substr(sts.rfind('\n') + 1) == core::sha256_hex(published_creq);
     if (name == "post-x-www-form-urlencoded") {
       // Defect in the published suite: its .creq lists content-length, which its own .authz and
       // .sts do not sign (sha256(.creq) is not the hash in .sts). We match .sts and .authz.
@@ -153,12 +154,14 @@ TEST(SigV4Vectors, EveryPublishedVector) {
       ++inconsistent;
       continue;
     }
-    const std::string scope = sts.substr(sts.find('\n', 17) + 1, sts.rfind('\n') - sts.find('\n', 17) - 1);
+    const std::string scope =
+        sts.substr(sts.find('\n', 17) + 1, sts.rfind('\n') - sts.find('\n', 17) - 1);
     EXPECT_EQ(SigV4Verifier::string_to_sign("20150830T123600Z", scope, *creq), sts);
     // 2. The whole verification, with the published Authorization header. post-sts-header-after
     // adds its session token after signing: take the headers as sent (.sreq).
     const std::string sreq(t.at("sreq").as_string());
-    if (const auto tok = sreq.find("X-Amz-Security-Token:"); tok != std::string::npos &&
+    if (const auto tok = sreq.find("X-Amz-Security-Token:");
+        tok != std::string::npos &&
         std::none_of(r.headers.begin(), r.headers.end(),
                      [](const auto& h) { return h.first == "X-Amz-Security-Token"; })) {
       const auto eol = sreq.find('\n', tok);
@@ -169,7 +172,8 @@ TEST(SigV4Vectors, EveryPublishedVector) {
     auto begun = verifier.begin(r.get(), keys, at(k20150830T123600Z), st);
     if (name.rfind("post-sts-", 0) == 0) {
       // Not applicable: these carry X-Amz-Security-Token, a session token, and Gatehouse issues
-      // none, so it refuses them (docs/sigv4.md). Their canonical requests are checked above.
+      // none, so it refuses them (docs/identity.md, "SigV4 access keys"). Their canonical requests
+      // are checked above.
       ASSERT_FALSE(begun);
       EXPECT_EQ(begun.error().code, ErrorCode::kInvalidArgument);
       ++refused_sts;
@@ -226,12 +230,15 @@ TEST(SigV4S3, GetObjectHeaderExample) {
 TEST(SigV4S3, PresignedExample) {
   const auto keys = index_with(std::string(kS3Id), std::string(kS3Secret));
   SigV4Verifier v("us-east-1");
-  Req r{"GET", "/test.txt",
+  Req r{"GET",
+        "/test.txt",
         "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-"
         "east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-"
         "SignedHeaders=host&X-Amz-Signature="
         "aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404",
-        "", {{"Host", "examplebucket.s3.amazonaws.com"}}, {}};
+        "",
+        {{"Host", "examplebucket.s3.amazonaws.com"}},
+        {}};
   SigV4State st;
   auto b = v.begin(r.get(), keys, at(k20130524T000000Z + 3600), st);
   ASSERT_TRUE(b) << b.error().message;
@@ -279,14 +286,15 @@ struct StreamingExample {
         {"x-amz-decoded-content-length", "66560"},
         {"Content-Length", "66824"}};
     r.body = "x";  // a body follows
-    body = "10000;chunk-signature="
-           "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648\r\n" +
-           std::string(65536, 'a') +
-           "\r\n400;chunk-signature="
-           "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497\r\n" +
-           std::string(1024, 'a') +
-           "\r\n0;chunk-signature="
-           "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9\r\n\r\n";
+    body =
+        "10000;chunk-signature="
+        "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648\r\n" +
+        std::string(65536, 'a') +
+        "\r\n400;chunk-signature="
+        "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497\r\n" +
+        std::string(1024, 'a') +
+        "\r\n0;chunk-signature="
+        "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9\r\n\r\n";
   }
 };
 
@@ -396,8 +404,8 @@ TEST_P(SigV4Trailer, ChecksumVerified) {
   EXPECT_EQ(v.finish(st, wrong, payload).error().code, ErrorCode::kBadDigest);
   const std::string no_trailer = "4\r\n1234\r\n5\r\n56789\r\n0\r\n\r\n";
   EXPECT_EQ(v.finish(st, no_trailer, payload).error().code, ErrorCode::kIncompleteBody);
-  const std::string short_body = "4\r\n1234\r\n0\r\n" + std::string(GetParam().trailer) + ":" +
-                                 GetParam().value + "\r\n\r\n";
+  const std::string short_body =
+      "4\r\n1234\r\n0\r\n" + std::string(GetParam().trailer) + ":" + GetParam().value + "\r\n\r\n";
   EXPECT_FALSE(v.finish(st, short_body, payload));
 }
 
@@ -443,8 +451,7 @@ class SigV4Hostile : public ::testing::Test {
 
 TEST_F(SigV4Hostile, ValidBaselinePasses) {
   Req r = base();
-  sign(r, kId, kSecret, "20150830T123600Z", "execute-api", "host;x-amz-date",
-       core::sha256_hex(""));
+  sign(r, kId, kSecret, "20150830T123600Z", "execute-api", "host;x-amz-date", core::sha256_hex(""));
   auto c = check(r);
   EXPECT_TRUE(c) << c.error().message;
 }
@@ -463,14 +470,17 @@ TEST_F(SigV4Hostile, MalformedAuthorizationHeaders) {
            std::string("AWS4-HMAC-SHA256 ") + cred + ", " + sig,
            std::string("AWS4-HMAC-SHA256 ") + cred + ", SignedHeaders=host, " + sig + ", " + sig,
            std::string("AWS4-HMAC-SHA256 Credential=GHIAABCDEFGHIJKLMNOP/20150830/us-east-1/"
-                       "aws4_request, SignedHeaders=host, ") + sig,
+                       "aws4_request, SignedHeaders=host, ") +
+               sig,
            std::string("AWS4-HMAC-SHA256 Credential=GHIAABCDEFGHIJKLMNOP/2015083X/us-east-1/svc/"
-                       "aws4_request, SignedHeaders=host, ") + sig,
+                       "aws4_request, SignedHeaders=host, ") +
+               sig,
            std::string("AWS4-HMAC-SHA256 Credential=/20150830/us-east-1/svc/aws4_request, "
-                       "SignedHeaders=host, ") + sig,
+                       "SignedHeaders=host, ") +
+               sig,
            std::string("AWS4-HMAC-SHA256 ") + cred + ", SignedHeaders=host, Signature=abc",
-           std::string("AWS4-HMAC-SHA256 ") + cred + ", SignedHeaders=host, Signature=" +
-               std::string(64, 'A'),
+           std::string("AWS4-HMAC-SHA256 ") + cred +
+               ", SignedHeaders=host, Signature=" + std::string(64, 'A'),
            std::string("AWS4-HMAC-SHA256 ") + cred + ", SignedHeaders=x-amz-date;host, " + sig,
            std::string("AWS4-HMAC-SHA256 ") + cred + ", SignedHeaders=x-amz-date, " + sig,
            std::string("AWS4-HMAC-SHA256 ") + cred + ", SignedHeaders=host;;x-amz-date, " + sig,
@@ -478,9 +488,11 @@ TEST_F(SigV4Hostile, MalformedAuthorizationHeaders) {
            std::string("AWS4-HMAC-SHA256 ") + cred + ", SignedHeaders=host, " + sig,  // x-amz-date
            std::string("AWS4-HMAC-SHA256 ") + cred + ", Bogus=1, SignedHeaders=host, " + sig,
            std::string("AWS4-HMAC-SHA256 Credential=GHIAABCDEFGHIJKLMNOP/20150830/eu-west-1/svc/"
-                       "aws4_request, SignedHeaders=host;x-amz-date, ") + sig,
+                       "aws4_request, SignedHeaders=host;x-amz-date, ") +
+               sig,
            std::string("AWS4-HMAC-SHA256 Credential=GHIAABCDEFGHIJKLMNOP/20150831/us-east-1/svc/"
-                       "aws4_request, SignedHeaders=host;x-amz-date, ") + sig,
+                       "aws4_request, SignedHeaders=host;x-amz-date, ") +
+               sig,
        }) {
     SCOPED_TRACE(bad);
     EXPECT_EQ(code_with_authz(bad), ErrorCode::kAuthorizationHeaderMalformed);
@@ -593,9 +605,21 @@ TEST_F(SigV4Hostile, MalformedPresignedQueries) {
            std::string("X-Amz-Signature=abc"),
            good + "&X-Amz-Expires=60",
            std::string("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=") + std::string(64, 'a'),
-           [&] { auto s = good; s.replace(s.find("Expires=60"), 10, "Expires=-1"); return s; }(),
-           [&] { auto s = good; s.replace(s.find("Expires=60"), 10, "Expires=0x"); return s; }(),
-           [&] { auto s = good; s.replace(s.find("SHA256"), 6, "SHA512"); return s; }(),
+           [&] {
+             auto s = good;
+             s.replace(s.find("Expires=60"), 10, "Expires=-1");
+             return s;
+           }(),
+           [&] {
+             auto s = good;
+             s.replace(s.find("Expires=60"), 10, "Expires=0x");
+             return s;
+           }(),
+           [&] {
+             auto s = good;
+             s.replace(s.find("SHA256"), 6, "SHA512");
+             return s;
+           }(),
        }) {
     SCOPED_TRACE(q);
     Req r{"GET", "/k", q, "", {{"Host", "localhost"}}, {}};
@@ -611,15 +635,18 @@ TEST_F(SigV4Hostile, MalformedPresignedQueries) {
 // hash, not UNSIGNED-PAYLOAD.
 TEST_F(SigV4Hostile, PresignedNonS3CoversThePayloadHash) {
   auto presign = [&](std::string_view service, std::string_view payload_hash, std::string body) {
-    Req r{"POST", "/k",
+    Req r{"POST",
+          "/k",
           "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=GHIAABCDEFGHIJKLMNOP%2F20150830%2Fus-"
           "east-1%2F" +
               std::string(service) +
               "%2Faws4_request&X-Amz-Date=20150830T123600Z&X-Amz-Expires=60&X-Amz-"
               "SignedHeaders=host",
-          std::move(body), {{"Host", "localhost"}}, {}};
-    auto creq = SigV4Verifier::canonical_request(r.get(), "host", payload_hash, service == "s3",
-                                                 true);
+          std::move(body),
+          {{"Host", "localhost"}},
+          {}};
+    auto creq =
+        SigV4Verifier::canonical_request(r.get(), "host", payload_hash, service == "s3", true);
     EXPECT_TRUE(creq);
     const std::string scope = "20150830/us-east-1/" + std::string(service) + "/aws4_request";
     const auto key = signing_key(kSecret, "20150830", "us-east-1", service);
@@ -682,7 +709,8 @@ TEST_F(Credentials, KekFileCreated0600AndReloaded) {
   ::chmod(path.c_str(), 0600);
   std::ofstream(path) << "short\n";
   EXPECT_EQ(load_kek(path, false).error().code, ErrorCode::kIo);
-  EXPECT_EQ(default_kek_path("sqlite://./data/gh.db"), "./data/gh.db.kek");
+  EXPECT_EQ(kek_path("", "sqlite://./data/gh.db"), "./data/gh.db.kek");
+  EXPECT_EQ(kek_path("/etc/gh.kek", "sqlite://./data/gh.db"), "/etc/gh.kek");
 }
 
 TEST_F(Credentials, CreateListRevokeAndEncryptedAtRest) {

@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -14,6 +15,7 @@
 
 #include "config/schema.h"
 #include "core/core.h"
+#include "policy/policy.h"
 
 namespace gatehouse::config {
 namespace {
@@ -804,6 +806,170 @@ TEST(ConfigErrors, NeverThrows) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Policies, roles and authorization (docs/policy.md, "Wiring").
+
+constexpr std::string_view kPoliciesYaml = R"(
+account_id: "123456789012"
+region: eu-west-3
+authorization: {default: deny}
+policies:
+  - name: reader
+    document:
+      Version: "2012-10-17"
+      Statement:
+        - {Sid: Read, Effect: Allow, Action: "execute-api:Invoke", Resource: "*"}
+  - name: only-ops
+    document: {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:role/ops"},
+               "Action": "lambda:InvokeFunction", "Resource": "*"}]}
+roles:
+  - {name: ops, policies: [reader]}
+plans:
+  - {name: free, policies: [reader]}
+admin: {policies: [reader]}
+functions:
+  - {name: f, runtime: exec, command: [/bin/cat], role: ops, policy: only-ops}
+  - name: g
+    runtime: exec
+    command: [/bin/cat]
+    invokers: ["route:r", "principal:arn:gatehouse:iam::123456789012:role/a*"]
+  - {name: h, runtime: exec, command: [/bin/cat], invokers: []}
+routes:
+  - name: r
+    method: GET
+    path: /r
+    policy:
+      Statement:
+        - {Sid: Anyone, Effect: Allow, Principal: "*", Action: "execute-api:Invoke",
+           Resource: "*", Condition: {NumericLessThan: {"gatehouse:LineageDepth": 10}}}
+    target: {function: g}
+  - {name: s, method: GET, path: /s, policy: only-ops, target: {static: {body: x}}}
+)";
+
+TEST(ConfigPolicies, NamedAndInlinePoliciesCompileOnce) {
+  const Config c = ok(kPoliciesYaml);
+  EXPECT_EQ(c.account_id, "123456789012");
+  EXPECT_EQ(c.region, "eu-west-3");
+  EXPECT_TRUE(c.authorization.default_deny);
+  ASSERT_EQ(c.policies.size(), 2U);
+  ASSERT_NE(c.policies[0].compiled, nullptr);
+  EXPECT_EQ(c.policies[0].compiled->id(), "reader");
+  // Every use shares the one compiled document.
+  ASSERT_EQ(c.plans[0].compiled.size(), 1U);
+  EXPECT_EQ(c.plans[0].compiled[0], c.policies[0].compiled);
+  EXPECT_EQ(c.admin.compiled[0], c.policies[0].compiled);
+  ASSERT_NE(c.find_role("ops"), nullptr);
+  EXPECT_EQ(c.find_role("ops")->compiled[0], c.policies[0].compiled);
+  EXPECT_EQ(c.functions[0].policy.compiled, c.policies[1].compiled);
+  EXPECT_EQ(c.routes[1].policy.compiled, c.policies[1].compiled);
+  // Inline documents are named after their owner.
+  ASSERT_NE(c.routes[0].policy.compiled, nullptr);
+  EXPECT_EQ(c.routes[0].policy.compiled->id(), "route:r");
+  EXPECT_EQ(c.routes[0].policy.compiled->sid(0), "Anyone");
+  EXPECT_EQ(c.functions[0].arn, "arn:gatehouse:lambda:eu-west-3:123456789012:function:f");
+}
+
+TEST(ConfigPolicies, DefaultsAreAllowAndTheZeroAccount) {
+  const Config c = ok("routes: []\n");
+  EXPECT_FALSE(c.authorization.default_deny);
+  EXPECT_EQ(c.account_id, policy::kDefaultAccount);
+  EXPECT_EQ(c.region, "us-east-1");
+  EXPECT_TRUE(c.policies.empty());
+  EXPECT_TRUE(c.admin.compiled.empty());
+}
+
+policy::Decision invoke_as(const FunctionConfig& f, std::string_view principal,
+                           std::string_view source) {
+  policy::Request r;
+  r.principal.arns.emplace_back(principal);
+  r.action = "lambda:InvokeFunction";
+  r.resource = f.arn;
+  r.account = "123456789012";
+  r.context.set("gatehouse:Source", std::string(source));
+  return policy::evaluate(r, {}, f.policy.compiled.get());
+}
+
+TEST(ConfigPolicies, InvokersBecomeAResourcePolicy) {
+  const Config c = ok(kPoliciesYaml);
+  const FunctionConfig& g = c.functions[1];
+  ASSERT_NE(g.policy.compiled, nullptr);
+  EXPECT_EQ(g.policy.compiled->id(), "function:g");
+  const std::string anon(policy::kAnonymousArn);
+  EXPECT_TRUE(invoke_as(g, anon, "route:r").allowed());
+  EXPECT_FALSE(invoke_as(g, anon, "route:r2").allowed());  // no '*': exact
+  EXPECT_FALSE(invoke_as(g, anon, "direct:").allowed());
+  EXPECT_TRUE(invoke_as(g, "arn:gatehouse:iam::123456789012:role/app", "direct:").allowed());
+  EXPECT_FALSE(invoke_as(g, "arn:gatehouse:iam::123456789012:role/b", "direct:").allowed());
+  // An empty list allows nobody.
+  const FunctionConfig& h = c.functions[2];
+  ASSERT_NE(h.policy.compiled, nullptr);
+  EXPECT_FALSE(invoke_as(h, anon, "route:r").allowed());
+  EXPECT_FALSE(invoke_as(h, "arn:gatehouse:iam::123456789012:admin", "direct:").allowed());
+}
+
+TEST(ConfigPolicies, InvokerEntriesAreLiteralButForATrailingStar) {
+  const Config c = ok(R"(
+functions:
+  - name: f
+    runtime: exec
+    command: [/bin/cat]
+    invokers: ["trigger:a*b?c${x}\"d", "workflow:w-*"]
+)");
+  const FunctionConfig& f = c.functions[0];
+  const std::string anon(policy::kAnonymousArn);
+  EXPECT_TRUE(invoke_as(f, anon, "trigger:a*b?c${x}\"d").allowed());
+  EXPECT_FALSE(invoke_as(f, anon, "trigger:aXXbYc${x}\"d").allowed());
+  EXPECT_FALSE(invoke_as(f, anon, "trigger:a*b?c").allowed());
+  EXPECT_TRUE(invoke_as(f, anon, "workflow:w-1").allowed());
+  EXPECT_FALSE(invoke_as(f, anon, "workflow:v-1").allowed());
+}
+
+TEST(ConfigPolicies, PolicyFilesAreReadNextToTheConfig) {
+  const fs::path dir = fs::temp_directory_path() / ("gh-policy-file-" + std::to_string(::getpid()));
+  fs::create_directories(dir / "policies");
+  {
+    std::ofstream(dir / "policies" / "reader.json")
+        << R"({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]})";
+    std::ofstream(dir / "policies" / "bad.json") << R"({"Statement":[{"Effect":"Maybe"}]})";
+    std::ofstream(dir / "gh.yaml")
+        << "policies:\n  - {name: reader, document: policies/reader.json}\n"
+           "plans:\n  - {name: p, policies: [reader]}\n";
+    std::ofstream(dir / "bad.yaml") << "policies:\n  - {name: bad, document: policies/bad.json}\n";
+  }
+  auto good = load_file((dir / "gh.yaml").string());
+  ASSERT_TRUE(good.has_value()) << joined(good.error());
+  ASSERT_EQ(good->plans[0].compiled.size(), 1U);
+  EXPECT_EQ(good->plans[0].compiled[0]->id(), "reader");
+  auto bad = load_file((dir / "bad.yaml").string());
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_THAT(
+      short_form(bad.error()),
+      ElementsAre(HasSubstr("2:27: policies[0].document: in the file: Statement[0].Effect")));
+  fs::remove_all(dir);
+}
+
+TEST(ConfigPolicies, HostileDocumentsAreRefusedWithTheirLine) {
+  // Not a mapping, nested too deep, an oversized inline document, a repeated key, YAML tags
+  // and anchors: each refused where it stands, never crashing the loader.
+  EXPECT_THAT(errors("policies: [{name: p, document: [1, 2]}]\n"),
+              ElementsAre(HasSubstr("policies[0].document: expected a policy document")));
+  EXPECT_THAT(errors("routes:\n  - {name: r, method: GET, path: /r, policy: {a: {b: {c: {d: {e: "
+                     "{f: {g: {h: 1}}}}}}}}, target: {static: {}}}\n"),
+              ElementsAre(HasSubstr("routes[0].policy:")));
+  std::string big = "policies:\n  - name: p\n    document:\n      Statement:\n";
+  for (int i = 0; i < 400; ++i) {
+    big += "        - {Effect: Allow, Action: \"s3:GetObject\", Resource: \"arn:aws:s3:::bucket/" +
+           std::to_string(i) + "/*\"}\n";
+  }
+  EXPECT_THAT(errors(big), ElementsAre(HasSubstr("limit is 20480")));
+  EXPECT_THAT(errors("policies:\n  - name: p\n    document:\n      Statement: "
+                     "{Effect: Allow, Effect: Deny, Action: '*', Resource: '*'}\n"),
+              ElementsAre(HasSubstr("4:")));
+  EXPECT_THAT(errors("policies:\n  - name: p\n    document:\n      Version: 2012-10-17\n"
+                     "      Statement: {Effect: !!str Allow, Action: *a, Resource: '*'}\n"),
+              ::testing::Not(::testing::IsEmpty()));
+}
+
+// ---------------------------------------------------------------------------------------------
 // The corpus of bad files: tests/unit/config/bad/NAME.yaml must produce exactly the errors in
 // NAME.expected, one "LINE:COL: message" per line, in order.
 
@@ -849,6 +1015,74 @@ INSTANTIATE_TEST_SUITE_P(Corpus, BadFile, ::testing::ValuesIn(bad_files()),
                          });
 
 TEST(BadCorpus, IsLargeEnough) { EXPECT_GE(bad_files().size(), 20U); }
+
+}  // namespace
+}  // namespace gatehouse::config
+
+namespace gatehouse::config {
+namespace {
+
+TEST(ConfigIdentity, PoolDefaultsAndJwtRoutes) {
+  auto c = load_string(R"(server: {listen: "0.0.0.0:9000"}
+user_pools:
+  - name: main
+    clients: [web, cli]
+  - name: ext
+    issuer: https://idp.test/ext
+    signing_alg: RS256
+    confirmation: admin
+    clients: [app]
+routes:
+  - path: /me
+    method: GET
+    auth: jwt
+    jwt: {jwks: pool main, token_use: id, algorithms: EdDSA}
+    target: {static: {body: me}}
+  - path: /ext
+    method: GET
+    auth: jwt
+    jwt:
+      jwks: url http://127.0.0.1:9999/keys
+      issuer: https://idp.test
+      audience: api
+      scopes: [read, write]
+    target: {static: {body: ext}}
+  - path: /file
+    method: GET
+    auth: jwt
+    jwt: {jwks: "file  ./keys.json", issuer: x, audience: [a, b]}
+    target: {static: {body: f}}
+)",
+                       "t.yaml");
+  ASSERT_TRUE(c) << c.error().front().to_string();
+  ASSERT_EQ(c->user_pools.size(), 2U);
+  EXPECT_EQ(c->user_pools[0].issuer, "http://localhost:9000/auth/main");
+  EXPECT_EQ(c->user_pools[0].signing_alg, "EdDSA");
+  EXPECT_EQ(c->user_pools[0].confirmation, "auto");
+  EXPECT_EQ(c->user_pools[1].issuer, "https://idp.test/ext");
+  EXPECT_EQ(c->find_user_pool("ext")->confirmation, "admin");
+  EXPECT_EQ(c->find_user_pool("nope"), nullptr);
+  const Route& me = c->routes[0];
+  EXPECT_EQ(me.auth, RouteAuth::kJwt);
+  EXPECT_EQ(me.jwt.source, JwksSource::kPool);
+  EXPECT_EQ(me.jwt.location, "main");
+  EXPECT_EQ(me.jwt.issuer, "http://localhost:9000/auth/main");
+  EXPECT_EQ(me.jwt.audience, (std::vector<std::string>{"web", "cli"}));
+  EXPECT_EQ(me.jwt.token_use, "id");
+  EXPECT_EQ(me.jwt.algorithms, std::vector<std::string>{"EdDSA"});
+  const Route& ext = c->routes[1];
+  EXPECT_EQ(ext.jwt.source, JwksSource::kUrl);
+  EXPECT_EQ(ext.jwt.url_host, "127.0.0.1");
+  EXPECT_EQ(ext.jwt.url_port, 9999);
+  EXPECT_EQ(ext.jwt.url_path, "/keys");
+  EXPECT_EQ(ext.jwt.jwks, "url http://127.0.0.1:9999/keys");
+  EXPECT_EQ(ext.jwt.audience, std::vector<std::string>{"api"});
+  EXPECT_EQ(ext.jwt.token_use, "any");
+  EXPECT_EQ(ext.jwt.leeway, std::chrono::seconds(60));
+  EXPECT_EQ(c->routes[2].jwt.source, JwksSource::kFile);
+  EXPECT_EQ(c->routes[2].jwt.location, "./keys.json");
+  EXPECT_EQ(c->routes[2].jwt.jwks, "file ./keys.json");
+}
 
 }  // namespace
 }  // namespace gatehouse::config

@@ -80,6 +80,25 @@ TEST(FunctionEvent, Version1HasMultiValueMaps) {
   EXPECT_TRUE(ev.at("stageVariables").is_null());
 }
 
+TEST(FunctionEvent, JwtClaimsReachTheAuthorizerContext) {
+  Fixture f;
+  const std::vector<std::pair<std::string, std::string>> claims{
+      {"sub", "u-1"}, {"scope", "read"}, {"scope", "write"}, {"cognito:groups", "admins"}};
+  EXPECT_FALSE(json::parse(build_event(PayloadFormat::kV2, f.req, f.ctx))
+                   .at("requestContext")
+                   .as_object()
+                   .contains("authorizer"));
+  f.ctx.jwt_claims = &claims;
+  const json::object v2 = json::parse(build_event(PayloadFormat::kV2, f.req, f.ctx)).as_object();
+  const auto& jwt = v2.at("requestContext").at("authorizer").at("jwt");
+  EXPECT_EQ(jwt.at("claims").at("sub"), "u-1");
+  EXPECT_EQ(jwt.at("claims").at("scope"), json::parse(R"(["read","write"])"));
+  EXPECT_EQ(jwt.at("claims").at("cognito:groups"), "admins");
+  EXPECT_EQ(jwt.at("scopes"), json::parse(R"(["read","write"])"));
+  const json::object v1 = json::parse(build_event(PayloadFormat::kV1, f.req, f.ctx)).as_object();
+  EXPECT_EQ(v1.at("requestContext").at("authorizer").at("claims").at("sub"), "u-1");
+}
+
 TEST(FunctionEvent, BinaryBodiesAreBase64) {
   Fixture f;
   const std::string body("\x00\xff\x01", 3);

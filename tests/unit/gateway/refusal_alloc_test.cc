@@ -283,8 +283,14 @@ TEST(RefusalPath, TheRefusalTakesNoLockAndAllocatesNothing) {
   req.path = "/api/items";
   req.headers = std::span<const http::Header>(&header, 1);
   std::string out;
+  // One context reused across requests, as a connection's is in the pipeline (its storage for
+  // the principal's ARN warms up once).
+  RequestContext ctx;
   auto refuse_once = [&]() {
-    RequestContext ctx;
+    ctx.api_key = nullptr;
+    ctx.key_state = nullptr;
+    ctx.gate_count = 0;
+    ctx.principal = Principal{};
     ctx.request = &req;
     ctx.limits = table->get();
     ctx.route_index = 0;

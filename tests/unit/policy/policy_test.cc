@@ -665,10 +665,11 @@ TEST(PolicyEvaluate, PrincipalKinds) {
     r.principal = std::move(who);
     return decide(r, {}, &p).allowed();
   };
-  EXPECT_TRUE(ok("x:acct", Principal{{"arn:gatehouse:iam::111122223333:role/r"}, {}, {}, {}, {}}));
-  EXPECT_FALSE(ok("x:acct", Principal{{"arn:gatehouse:iam::111122223334:role/r"}, {}, {}, {}, {}}));
-  EXPECT_TRUE(ok("x:acct", Principal{{}, {}, {}, "111122223333", {}}));
-  EXPECT_TRUE(ok("x:root", Principal{{"arn:aws:iam::444455556666:user/u"}, {}, {}, {}, {}}));
+  // An Allow naming an account delegates to the account's identity policies (as in IAM): it
+  // allows nothing by itself. PrincipalAccountsDenyButDelegateAllows shows that it matches.
+  EXPECT_FALSE(ok("x:acct", Principal{{"arn:gatehouse:iam::111122223333:role/r"}, {}, {}, {}, {}}));
+  EXPECT_FALSE(ok("x:acct", Principal{{}, {}, {}, "111122223333", {}}));
+  EXPECT_FALSE(ok("x:root", Principal{{"arn:aws:iam::444455556666:user/u"}, {}, {}, {}, {}}));
   EXPECT_TRUE(ok("x:svc", Principal{{}, {"states.amazonaws.com"}, {}, {}, {}}));
   EXPECT_FALSE(
       ok("x:svc", Principal{{"arn:gatehouse:iam::0:role/states.amazonaws.com"}, {}, {}, {}, {}}));
@@ -681,6 +682,31 @@ TEST(PolicyEvaluate, PrincipalKinds) {
       ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:apikey/ci"}, {}, {}, {}, {}}));
   EXPECT_FALSE(
       ok("x:user", Principal{{"arn:gatehouse:iam::000000000000:user/pool/Alice"}, {}, {}, {}, {}}));
+}
+
+TEST(PolicyEvaluate, PrincipalAccountsDenyButDelegateAllows) {
+  const Policy bucket = must_parse(
+      doc(R"({"Sid":"Acct","Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"s3:*","Resource":"*"},
+             {"Sid":"NoPut","Effect":"Deny","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"s3:PutObject","Resource":"*"})"),
+      PolicyKind::kResource);
+  const Policy reader = must_parse(doc(allow_stmt("", "s3:Get*")));
+  auto as = [&](std::string action, std::string arn, std::initializer_list<const Policy*> ids) {
+    Request r = request(std::move(action), "arn:gatehouse:s3:::b/k", {std::move(arn)});
+    return decide(r, ids, &bucket);
+  };
+  const std::string role = "arn:gatehouse:iam::111122223333:role/r";
+  // The account's Allow grants nothing alone; the identity policy does.
+  EXPECT_EQ(as("s3:GetObject", role, {}).effect, Effect::kImplicitDeny);
+  const Decision d = as("s3:GetObject", role, {&reader});
+  EXPECT_TRUE(d.allowed());
+  EXPECT_FALSE(d.resource_policy);
+  // The Deny naming the account applies to every principal of it, whatever allows.
+  const Decision denied = as("s3:PutObject", role, {&reader});
+  EXPECT_EQ(denied.effect, Effect::kExplicitDeny);
+  EXPECT_EQ(denied.sid, "NoPut");
+  // Another account's principal is not named at all.
+  EXPECT_EQ(as("s3:PutObject", "arn:gatehouse:iam::999999999999:role/r", {}).effect,
+            Effect::kImplicitDeny);
 }
 
 // The bucket lock-down pattern: a Deny with NotPrincipal refuses everyone but the named role,
@@ -779,6 +805,101 @@ TEST(PolicyCondition, VariableOperandsParsePerRequest) {
   EXPECT_FALSE(condition_allows(c, ctx({{"s3:max-keys", {"50"}}, {"gatehouse:Limit", {"10"}}})));
   EXPECT_FALSE(condition_allows(c, ctx({{"s3:max-keys", {"5"}}, {"gatehouse:Limit", {"x"}}})));
   EXPECT_FALSE(condition_allows(c, ctx({{"s3:max-keys", {"5"}}})));  // unresolved
+}
+
+// ---- the pieces the gateway wires in --------------------------------------------------------
+
+TEST(PolicyContext, AssignClearAndAddReadAsExpected) {
+  Context c;
+  c.assign("aws:username", "alice");
+  ASSERT_NE(c.find("AWS:UserName"), nullptr);  // keys are case-insensitive
+  EXPECT_EQ(c.find("aws:username")->front(), "alice");
+  c.add("aws:username", "bob");
+  EXPECT_EQ(c.find("aws:username")->size(), 2U);
+  c.assign("aws:username", "carol");  // back to one value
+  ASSERT_EQ(c.find("aws:username")->size(), 1U);
+  EXPECT_EQ(c.find("aws:username")->front(), "carol");
+  c.clear("aws:username");
+  EXPECT_EQ(c.find("aws:username"), nullptr);  // cleared reads as absent
+  c.add("aws:username", "dave");               // add after clear starts afresh
+  ASSERT_EQ(c.find("aws:username")->size(), 1U);
+  EXPECT_EQ(c.find("aws:username")->front(), "dave");
+  c.clear("never-set");  // harmless
+  EXPECT_EQ(c.find("never-set"), nullptr);
+}
+
+TEST(PolicyContext, ClearedKeysFallBackToDerivedOnesAndFailConditions) {
+  // A cleared aws:PrincipalArn reads as absent, so the engine derives it from the principal.
+  Context c;
+  c.assign("aws:PrincipalArn", "arn:gatehouse:iam::000000000000:role/other");
+  c.clear("aws:PrincipalArn");
+  EXPECT_TRUE(condition_allows(
+      R"({"StringEquals":{"aws:PrincipalArn":"arn:gatehouse:iam::000000000000:role/app"}})", c));
+  c.assign("aws:SourceIp", "10.0.0.1");
+  c.clear("aws:SourceIp");
+  EXPECT_FALSE(condition_allows(R"({"IpAddress":{"aws:SourceIp":"0.0.0.0/0"}})", c));
+  EXPECT_TRUE(condition_allows(R"({"Null":{"aws:SourceIp":"true"}})", c));
+}
+
+TEST(PolicyKeys, ConditionKeysListsConditionsAndVariablesOnce) {
+  const Policy p = must_parse(doc(
+      allow_stmt(R"("Condition":{"StringEquals":{"gatehouse:Header/X-A":"1","aws:username":"u"},)"
+                 R"("StringLike":{"aws:userid":"${aws:username}-*"}})",
+                 "*", "arn:gatehouse:s3:::b/${gatehouse:Header/X-B}/${aws:username}") +
+      "," + allow_stmt(R"("Condition":{"Bool":{"aws:SecureTransport":"true"}})")));
+  EXPECT_EQ(p.condition_keys(),
+            (std::vector<std::string>{"gatehouse:header/x-b", "aws:username",
+                                      "gatehouse:header/x-a", "aws:userid",
+                                      "aws:securetransport"}));
+  // Under 2008-10-17 ${...} is text, not a key.
+  const Policy old = must_parse(doc(allow_stmt("", "*", "arn:gatehouse:s3:::b/${x}"), "2008-10-17"));
+  EXPECT_TRUE(old.condition_keys().empty());
+}
+
+TEST(PolicyNames, PrincipalAndResourceArns) {
+  EXPECT_EQ(role_arn("123456789012", "ops"), "arn:gatehouse:iam::123456789012:role/ops");
+  EXPECT_EQ(api_key_arn("123456789012", "0123456789abcdef"),
+            "arn:gatehouse:iam::123456789012:apikey/0123456789abcdef");
+  EXPECT_EQ(user_arn("123456789012", "main", "alice"),
+            "arn:gatehouse:iam::123456789012:user/main/alice");
+  EXPECT_EQ(admin_arn("123456789012"), "arn:gatehouse:iam::123456789012:admin");
+  EXPECT_EQ(function_arn("eu-west-3", "123456789012", "f"),
+            "arn:gatehouse:lambda:eu-west-3:123456789012:function:f");
+}
+
+TEST(PolicyNames, AnonymousBelongsToNoAccount) {
+  Request r = request("s3:GetObject", "arn:gatehouse:s3:::b/k", {std::string(kAnonymousArn)});
+  // A Principal naming the account (or its root) never matches the anonymous caller ...
+  for (const char* principal : {R"("000000000000")", R"("arn:aws:iam::000000000000:root")"}) {
+    const Policy bucket = must_parse(doc(R"({"Effect":"Allow","Principal":{"AWS":)" +
+                                         std::string(principal) +
+                                         R"(},"Action":"s3:*","Resource":"*"})"),
+                                     PolicyKind::kResource);
+    EXPECT_FALSE(decide(r, {}, &bucket).allowed()) << principal;
+  }
+  // ... but naming its ARN does, and so does "*".
+  const Policy named = must_parse(
+      doc(R"({"Effect":"Allow","Principal":{"AWS":"arn:aws:iam:::anonymous"},"Action":"s3:*",)"
+          R"("Resource":"*"})"),
+      PolicyKind::kResource);
+  EXPECT_TRUE(decide(r, {}, &named).allowed());
+  const Policy by_arn = must_parse(doc(allow_stmt(
+      R"("Condition":{"StringEquals":{"aws:PrincipalArn":"arn:gatehouse:iam:::anonymous"}})")));
+  EXPECT_TRUE(allowed(by_arn, r));
+  const Policy no_account = must_parse(
+      doc(allow_stmt(R"("Condition":{"Null":{"aws:PrincipalAccount":"true"}})")));
+  EXPECT_TRUE(allowed(no_account, r));
+}
+
+TEST(PolicyNames, TimeKeysAndAllowAll) {
+  Context c;
+  set_time_keys(c, std::chrono::system_clock::time_point(std::chrono::seconds(1714564800)));
+  EXPECT_EQ(c.find("aws:CurrentTime")->front(), "2024-05-01T12:00:00Z");
+  EXPECT_EQ(c.find("aws:EpochTime")->front(), "1714564800");
+  const auto all = allow_all_policy();
+  EXPECT_EQ(all, allow_all_policy());  // built once
+  EXPECT_EQ(all->id(), "gatehouse:allow-all");
+  EXPECT_TRUE(allowed(*all, request("gatehouse:Reload", "arn:gatehouse:gatehouse:::admin/x")));
 }
 
 }  // namespace

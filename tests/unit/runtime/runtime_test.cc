@@ -26,11 +26,8 @@ InvokeResult call(Runtime& rt, std::string function, std::string payload, Caller
   return f.get();
 }
 
-CallerContext admin() {
-  CallerContext c;
-  c.principal = "admin";
-  return c;
-}
+// The admin API's caller: no admin.policies, so allowed everything.
+CallerContext admin() { return admin_caller(config::Config{}); }
 
 class RuntimeTest : public ::testing::Test {
  protected:
@@ -69,16 +66,22 @@ TEST_F(RuntimeTest, NonJsonOutputAndNonZeroExitAreFunctionErrors) {
 }
 
 TEST_F(RuntimeTest, RefusalsComeBeforeAnyProcess) {
-  config::Config c;
-  c.runtime.max_lineage_depth = 2;
-  auto f = exec_function("private", {"/bin/cat"});
-  f.invokers_set = true;
-  f.invokers = {"workflow:orders-*", "principal:role/ops"};
-  c.functions.push_back(f);
-  c.functions.push_back(exec_function("open", {"/bin/cat"}));
-  config::FunctionConfig limits_only;
-  limits_only.name = "limits";
-  c.functions.push_back(limits_only);
+  // `invokers` is a shorthand the config load translates into a resource policy.
+  auto loaded = config::load_string(R"(
+runtime: {max_lineage_depth: 2}
+functions:
+  - name: private
+    runtime: exec
+    command: [/bin/cat]
+    invokers: ["workflow:orders-*", "principal:arn:gatehouse:iam::000000000000:role/ops"]
+  - name: open
+    runtime: exec
+    command: [/bin/cat]
+  - name: limits
+)",
+                                    "test.yaml");
+  ASSERT_TRUE(loaded.has_value());
+  const config::Config& c = *loaded;
   start(c);
 
   EXPECT_EQ(call(*rt_, "nope", "{}", admin()).code, core::ErrorCode::kNotFound);
@@ -91,23 +94,34 @@ TEST_F(RuntimeTest, RefusalsComeBeforeAnyProcess) {
   CallerContext trigger;
   trigger.source = SourceKind::kTrigger;
   trigger.source_name = "uploads";
-  EXPECT_EQ(call(*rt_, "private", "{}", trigger).code, core::ErrorCode::kForbidden);
-  // Without `invokers`, only routes (and the admin) may call.
+  const InvokeResult refused = call(*rt_, "private", "{}", trigger);
+  EXPECT_EQ(refused.code, core::ErrorCode::kForbidden);
+  EXPECT_EQ(refused.error_type, "AccessDenied");
+  EXPECT_NE(refused.message.find("implicit deny"), std::string::npos) << refused.message;
+  // Without `invokers` or `policy`, only routes (and the admin) may call.
   EXPECT_EQ(call(*rt_, "open", "{}", trigger).code, core::ErrorCode::kForbidden);
+  EXPECT_TRUE(call(*rt_, "open", "{}", admin()).ok);
   CallerContext route;
   route.source = SourceKind::kRoute;
   route.source_name = "r";
   EXPECT_TRUE(call(*rt_, "open", "{}", route).ok);
+  // The admin's allow-all identity policy reaches a function with invokers, too.
+  EXPECT_TRUE(call(*rt_, "private", "{}", admin()).ok);
 
   CallerContext step;
   step.source = SourceKind::kWorkflow;
   step.source_name = "orders-v2";
   EXPECT_TRUE(call(*rt_, "private", "{}", step).ok);
-  CallerContext ops;
+  step.source_name = "order";  // the wildcard is a suffix, not a substring
+  EXPECT_EQ(call(*rt_, "private", "{}", step).code, core::ErrorCode::kForbidden);
+  CallerContext ops = role_caller(c, "ops");
   ops.source = SourceKind::kTrigger;
   ops.source_name = "x";
-  ops.principal = "role/ops";
   EXPECT_TRUE(call(*rt_, "private", "{}", ops).ok);
+  CallerContext dev = role_caller(c, "dev");
+  dev.source = SourceKind::kTrigger;
+  dev.source_name = "x";
+  EXPECT_EQ(call(*rt_, "private", "{}", dev).code, core::ErrorCode::kForbidden);
 }
 
 TEST_F(RuntimeTest, PastReservedConcurrencyAndQueueTheCallIsThrottled) {
