@@ -1,7 +1,8 @@
 """SigV4 against the real binary with real AWS clients (docs/identity.md, "SigV4 access keys"):
 botocore's signers (header, presigned URL) and awscli (`aws s3api ... --endpoint-url`) call
 routes with `auth: sigv4`; wrong secrets, skewed clocks and revoked keys are refused with AWS's
-error codes; an aws-chunked upload reaches the target decoded; a route's resource policy tells two
+error codes; aws-chunked uploads (signed chunks, and botocore's unsigned payload with a CRC32
+trailer) reach the target decoded; a route's resource policy tells two
 roles apart; the admin API issues and revokes keys.
 
 Keys come from `gatehouse credentials create --role NAME` (the CLI, against the server's store and
@@ -11,6 +12,7 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import io
 import json
 import os
 import subprocess
@@ -20,6 +22,7 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.config
 import botocore.credentials
+import botocore.httpchecksum as httpchecksum
 import boto3
 import pytest
 import requests
@@ -335,3 +338,41 @@ def test_admin_api_issues_lists_and_revokes(sigv4_gatehouse):
     assert r.status_code == 403 and error_code(r) == "InvalidAccessKeyId"
     r = requests.post(f"{base}/GHIANOSUCHKEY2345678/revoke", headers=h.AUTH, timeout=10)
     assert r.status_code == 404
+
+
+@pytest.mark.deadline(60)
+def test_unsigned_trailer_upload_from_botocore_chunked_wrapper(sigv4_gatehouse, upstream):
+    """STREAMING-UNSIGNED-PAYLOAD-TRAILER as botocore builds it for S3 over TLS (its aws-chunked
+    wrapper with a CRC32 trailer, signed by S3SigV4Auth); over plain HTTP botocore itself would
+    send the checksum as a header, so the request is assembled from those parts."""
+    g = sigv4_gatehouse
+    key = create_credential(g, "writer")
+    wait_accepted(g, key)
+    payload = b"x" * 3000 + b"end"
+
+    def send(body: bytes):
+        req = botocore.awsrequest.AWSRequest(
+            method="PUT", url=g.url + "/echo/bucket/trailer", data=body,
+            headers={"Content-Encoding": "aws-chunked", "X-Amz-Trailer": "x-amz-checksum-crc32",
+                     "X-Amz-Decoded-Content-Length": str(len(payload))})
+        req.context["checksum"] = {"request_algorithm": {
+            "in": "trailer", "algorithm": "crc32", "name": "x-amz-checksum-crc32"}}
+        botocore.auth.S3SigV4Auth(botocore.credentials.Credentials(*key), "s3",
+                                  REGION).add_auth(req)
+        p = req.prepare()
+        assert p.headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        return requests.put(p.url, headers=dict(p.headers), data=body, timeout=10)
+
+    body = httpchecksum.AwsChunkedWrapper(io.BytesIO(payload),
+                                          checksum_cls=httpchecksum.Crc32Checksum,
+                                          checksum_name="x-amz-checksum-crc32",
+                                          chunk_size=1024).read()
+    assert b"x-amz-checksum-crc32:" in body
+    r = send(body)
+    assert r.status_code == 200, r.text
+    assert upstream.seen[-1].body == payload
+    # The payload changed in transit: the trailing CRC32 no longer matches.
+    n = len(upstream.seen)
+    r = send(body.replace(b"end", b"END"))
+    assert r.status_code == 400 and error_code(r) == "BadDigest", r.text
+    assert len(upstream.seen) == n
