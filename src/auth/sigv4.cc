@@ -1,7 +1,8 @@
 // AWS Signature Version 4 verification: Authorization header and presigned query, canonical
 // request as AWS builds it, signing-key cache, payload checks and the aws-chunked decoder.
-// Reference: https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html
-// and the S3 pages on streaming uploads (sigv4-streaming.html, sigv4-streaming-trailers.html).
+// Reference:
+// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html and
+// the S3 pages on streaming uploads (sigv4-streaming.html, sigv4-streaming-trailers.html).
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -102,10 +103,8 @@ void uri_encode(std::string& out, std::string_view s, bool keep_slash) {
 
 using core::hex_value;
 
-// Percent-decoding; a '%' not followed by two hex digits stays literal.
-std::string uri_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
+// Percent-decoding, appended to `out`; a '%' not followed by two hex digits stays literal.
+void uri_decode(std::string& out, std::string_view s) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     if (s[i] == '%' && i + 2 < s.size()) {
       const int hi = hex_value(s[i + 1]);
@@ -118,13 +117,30 @@ std::string uri_decode(std::string_view s) {
     }
     out.push_back(s[i]);
   }
-  return out;
 }
+
+struct QueryParam {
+  std::string name;   // encoded
+  std::string value;  // encoded
+  std::string raw_name;
+  std::string raw_value;  // decoded
+};
+
+// Buffers reused from one request to the next (a verifier's, or a one-off for the static
+// helpers), so a warm verification allocates nothing for them.
+struct Scratch {
+  std::vector<QueryParam> params;  // the first n_params are this request's
+  std::size_t n_params = 0;
+  std::vector<const QueryParam*> sorted;
+  std::vector<std::string_view> names;
+  std::vector<std::string_view> segs;
+  std::string seg;
+};
 
 // Canonical URI. S3: each segment decoded then encoded once (no normalisation: "a//b" and
 // "a/./b" are distinct keys). Other services: dot segments removed and empty segments dropped
 // (RFC 3986 section 6 as the test suite expects), then the path as sent is encoded again.
-void canonical_uri(std::string& out, std::string_view path, bool s3) {
+void canonical_uri(std::string& out, std::string_view path, bool s3, Scratch& sc) {
   if (path.empty()) {
     out.push_back('/');
     return;
@@ -134,7 +150,9 @@ void canonical_uri(std::string& out, std::string_view path, bool s3) {
     while (start <= path.size()) {
       const std::size_t slash = path.find('/', start);
       const std::size_t end = slash == std::string_view::npos ? path.size() : slash;
-      uri_encode(out, uri_decode(path.substr(start, end - start)), false);
+      sc.seg.clear();
+      uri_decode(sc.seg, path.substr(start, end - start));
+      uri_encode(out, sc.seg, false);
       if (slash == std::string_view::npos) {
         break;
       }
@@ -143,7 +161,8 @@ void canonical_uri(std::string& out, std::string_view path, bool s3) {
     }
     return;
   }
-  std::vector<std::string_view> segs;
+  std::vector<std::string_view>& segs = sc.segs;
+  segs.clear();
   std::size_t start = 0;
   while (true) {
     const std::size_t slash = path.find('/', start);
@@ -176,15 +195,11 @@ void canonical_uri(std::string& out, std::string_view path, bool s3) {
   }
 }
 
-struct QueryParam {
-  std::string name;   // encoded
-  std::string value;  // encoded
-  std::string raw_name;
-  std::string raw_value;  // decoded
-};
-
-core::Result<std::vector<QueryParam>> parse_query(std::string_view q) {
-  std::vector<QueryParam> out;
+// Splits the query into sc.params[0, sc.n_params), reusing the elements' storage.
+core::Result<void> parse_query(std::string_view q, Scratch& sc) {
+  std::vector<QueryParam>& out = sc.params;
+  std::size_t& n = sc.n_params;
+  n = 0;
   while (!q.empty()) {
     const std::size_t amp = q.find('&');
     const std::string_view part = q.substr(0, amp);
@@ -192,18 +207,26 @@ core::Result<std::vector<QueryParam>> parse_query(std::string_view q) {
     if (part.empty()) {
       continue;
     }
-    if (out.size() >= kMaxQueryParams) {
+    if (n >= kMaxQueryParams) {
       return make_error(ErrorCode::kAuthorizationQueryError, "too many query parameters");
     }
     const std::size_t eq = part.find('=');
-    QueryParam p;
-    p.raw_name = uri_decode(part.substr(0, eq));
-    p.raw_value = eq == std::string_view::npos ? std::string() : uri_decode(part.substr(eq + 1));
+    if (n == out.size()) {
+      out.emplace_back();
+    }
+    QueryParam& p = out[n++];
+    p.raw_name.clear();
+    p.raw_value.clear();
+    p.name.clear();
+    p.value.clear();
+    uri_decode(p.raw_name, part.substr(0, eq));
+    if (eq != std::string_view::npos) {
+      uri_decode(p.raw_value, part.substr(eq + 1));
+    }
     uri_encode(p.name, p.raw_name, false);
     uri_encode(p.value, p.raw_value, false);
-    out.push_back(std::move(p));
   }
-  return out;
+  return {};
 }
 
 // Appends "name:value" for one signed header: every value of the name, in order, trimmed, with
@@ -280,13 +303,19 @@ Key hmac(std::span<const unsigned char> key, std::string_view data) {
   return out;
 }
 
-std::string hmac_hex(const Key& key, std::string_view data) {
+// HMAC-SHA256 of `data` as 64 lower-case hex digits, without allocating.
+std::array<char, 64> hmac_hex(const Key& key, std::string_view data) {
+  static constexpr char kHex[] = "0123456789abcdef";
   const Key mac = hmac(key, data);
-  std::string out;
-  out.reserve(64);
-  to_hex(out, mac.data(), mac.size());
+  std::array<char, 64> out;
+  for (std::size_t i = 0; i < mac.size(); ++i) {
+    out[2 * i] = kHex[mac[i] >> 4];
+    out[2 * i + 1] = kHex[mac[i] & 0xf];
+  }
   return out;
 }
+
+std::string_view view(const std::array<char, 64>& a) { return {a.data(), a.size()}; }
 
 // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
 std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
@@ -322,15 +351,16 @@ bool parse_amz_date(std::string_view s, std::int64_t& out) {
   return true;
 }
 
-// The parsed signature parameters, from the header or the query.
+// The parsed signature parameters, from the header or the query: views into the Authorization
+// header or the decoded query parameters (Scratch::params), valid while those are.
 struct AuthParams {
-  std::string access_key_id;
-  std::string date;  // YYYYMMDD of the scope
-  std::string region;
-  std::string service;
-  std::string signed_headers;
-  std::string signature;
-  std::string amz_date;
+  std::string_view access_key_id;
+  std::string_view date;  // YYYYMMDD of the scope
+  std::string_view region;
+  std::string_view service;
+  std::string_view signed_headers;
+  std::string_view signature;
+  std::string_view amz_date;
   std::int64_t expires = -1;  // presigned only
   bool presigned = false;
 };
@@ -340,8 +370,9 @@ core::Result<void> parse_credential(std::string_view cred, AuthParams& p, ErrorC
   for (std::size_t i = 0; i < parts.size(); ++i) {
     const std::size_t slash = cred.find('/');
     if ((slash == std::string_view::npos) != (i == parts.size() - 1)) {
-      return make_error(code, "the Credential must be <key id>/<date>/<region>/<service>/"
-                              "aws4_request");
+      return make_error(code,
+                        "the Credential must be <key id>/<date>/<region>/<service>/"
+                        "aws4_request");
     }
     parts[i] = cred.substr(0, slash);
     cred = slash == std::string_view::npos ? std::string_view() : cred.substr(slash + 1);
@@ -350,8 +381,9 @@ core::Result<void> parse_credential(std::string_view cred, AuthParams& p, ErrorC
       !std::all_of(parts[1].begin(), parts[1].end(), [](char c) { return c >= '0' && c <= '9'; }) ||
       parts[2].empty() || parts[2].size() > 64 || parts[3].empty() || parts[3].size() > 64 ||
       parts[4] != kTerminator) {
-    return make_error(code, "the Credential must be <key id>/<date>/<region>/<service>/"
-                            "aws4_request");
+    return make_error(code,
+                      "the Credential must be <key id>/<date>/<region>/<service>/"
+                      "aws4_request");
   }
   p.access_key_id = parts[0];
   p.date = parts[1];
@@ -396,13 +428,14 @@ core::Result<AuthParams> parse_authorization(std::string_view v) {
     }
   }
   if (!have_cred || !have_signed || !have_sig) {
-    return make_error(kMalformed, "the Authorization header needs Credential, SignedHeaders "
-                                  "and Signature");
+    return make_error(kMalformed,
+                      "the Authorization header needs Credential, SignedHeaders "
+                      "and Signature");
   }
   return p;
 }
 
-core::Result<AuthParams> parse_presigned(const std::vector<QueryParam>& q) {
+core::Result<AuthParams> parse_presigned(std::span<const QueryParam> q) {
   constexpr auto kBad = ErrorCode::kAuthorizationQueryError;
   AuthParams p;
   p.presigned = true;
@@ -448,8 +481,9 @@ core::Result<AuthParams> parse_presigned(const std::vector<QueryParam>& q) {
     return make_error(kBad, "X-Amz-Algorithm must be AWS4-HMAC-SHA256");
   }
   if (cred == nullptr || !have_signed || !have_sig || !have_date || expires == nullptr) {
-    return make_error(kBad, "a presigned URL needs X-Amz-Credential, X-Amz-Date, X-Amz-Expires, "
-                            "X-Amz-SignedHeaders and X-Amz-Signature");
+    return make_error(kBad,
+                      "a presigned URL needs X-Amz-Credential, X-Amz-Date, X-Amz-Expires, "
+                      "X-Amz-SignedHeaders and X-Amz-Signature");
   }
   if (auto r = parse_credential(*cred, p, kBad); !r) {
     return tl::unexpected(r.error());
@@ -476,6 +510,9 @@ struct SigV4Verifier::Cache {
     Key key{};
   };
   std::array<Entry, 64> entries;
+  Scratch presign;    // the presigned query's parameters (AuthParams views them)
+  Scratch canonical;  // canonical_request's buffers
+  std::string tag;
 };
 
 SigV4Verifier::SigV4Verifier(std::string region)
@@ -487,61 +524,60 @@ SigV4Verifier::~SigV4Verifier() {
   }
 }
 
-core::Result<std::string> SigV4Verifier::canonical_request(const SigV4Request& req,
-                                                           std::string_view signed_headers,
-                                                           std::string_view payload_hash, bool s3,
-                                                           bool presigned) {
-  std::vector<std::string_view> names;
-  if (!split_signed_headers(signed_headers, names)) {
-    return make_error(presigned ? ErrorCode::kAuthorizationQueryError
-                                : ErrorCode::kAuthorizationHeaderMalformed,
-                      "SignedHeaders must be 1 to 64 lower-case header names, sorted, separated "
-                      "by ';'");
+namespace {
+
+// The canonical request of `req` into `out` (replacing its content), up to and including
+// `payload_hash`.
+core::Result<void> build_canonical(const SigV4Request& req, std::string_view signed_headers,
+                                   std::string_view payload_hash, bool s3, bool presigned,
+                                   Scratch& sc, std::string& out) {
+  if (!split_signed_headers(signed_headers, sc.names)) {
+    return make_error(
+        presigned ? ErrorCode::kAuthorizationQueryError : ErrorCode::kAuthorizationHeaderMalformed,
+        "SignedHeaders must be 1 to 64 lower-case header names, sorted, separated "
+        "by ';'");
   }
-  auto params = parse_query(req.query);
-  if (!params) {
-    return tl::unexpected(params.error());
+  if (auto r = parse_query(req.query, sc); !r) {
+    return r;
   }
-  std::string out;
-  out.reserve(512);
+  out.clear();
   out.append(req.method);
   out.push_back('\n');
-  canonical_uri(out, req.path, s3);
+  canonical_uri(out, req.path, s3, sc);
   out.push_back('\n');
-  std::vector<const QueryParam*> sorted;
-  sorted.reserve(params->size());
-  for (const auto& p : *params) {
+  sc.sorted.clear();
+  for (std::size_t i = 0; i < sc.n_params; ++i) {
+    const QueryParam& p = sc.params[i];
     if (presigned && p.raw_name == "X-Amz-Signature") {
       continue;
     }
-    sorted.push_back(&p);
+    sc.sorted.push_back(&p);
   }
-  std::sort(sorted.begin(), sorted.end(), [](const QueryParam* a, const QueryParam* b) {
+  std::sort(sc.sorted.begin(), sc.sorted.end(), [](const QueryParam* a, const QueryParam* b) {
     return a->name != b->name ? a->name < b->name : a->value < b->value;
   });
-  for (std::size_t i = 0; i < sorted.size(); ++i) {
+  for (std::size_t i = 0; i < sc.sorted.size(); ++i) {
     if (i > 0) {
       out.push_back('&');
     }
-    out.append(sorted[i]->name);
+    out.append(sc.sorted[i]->name);
     out.push_back('=');
-    out.append(sorted[i]->value);
+    out.append(sc.sorted[i]->value);
   }
   out.push_back('\n');
-  for (const auto n : names) {
+  for (const auto n : sc.names) {
     canonical_header(out, req, n);
   }
   out.push_back('\n');
   out.append(signed_headers);
   out.push_back('\n');
   out.append(payload_hash);
-  return out;
+  return {};
 }
 
-std::string SigV4Verifier::string_to_sign(std::string_view amz_date, std::string_view scope,
-                                          std::string_view canonical) {
-  std::string out;
-  out.reserve(160);
+// The string to sign, appended to `out`.
+void append_string_to_sign(std::string& out, std::string_view amz_date, std::string_view scope,
+                           std::string_view canonical) {
   out.append(kAlgorithm);
   out.push_back('\n');
   out.append(amz_date);
@@ -551,6 +587,26 @@ std::string SigV4Verifier::string_to_sign(std::string_view amz_date, std::string
   std::array<char, 64> h;
   core::sha256_hex(canonical, h);
   out.append(h.data(), h.size());
+}
+
+}  // namespace
+
+core::Result<std::string> SigV4Verifier::canonical_request(const SigV4Request& req,
+                                                           std::string_view signed_headers,
+                                                           std::string_view payload_hash, bool s3,
+                                                           bool presigned) {
+  Scratch sc;
+  std::string out;
+  if (auto r = build_canonical(req, signed_headers, payload_hash, s3, presigned, sc, out); !r) {
+    return tl::unexpected(r.error());
+  }
+  return out;
+}
+
+std::string SigV4Verifier::string_to_sign(std::string_view amz_date, std::string_view scope,
+                                          std::string_view canonical) {
+  std::string out;
+  append_string_to_sign(out, amz_date, scope, canonical);
   return out;
 }
 
@@ -558,12 +614,14 @@ namespace {
 
 // The final step shared by begin() and finish(): string to sign, HMAC, constant-time compare.
 core::Result<void> check_signature(SigV4State& st, std::string_view payload_hash) {
+  // Per thread: a verifier is used by one thread at a time, and this is used at once.
+  thread_local std::string sts;
   const std::size_t base = st.canonical.size();
   st.canonical.append(payload_hash);
-  const std::string sts = SigV4Verifier::string_to_sign(st.amz_date, st.scope, st.canonical);
+  sts.clear();
+  append_string_to_sign(sts, st.amz_date, st.scope, st.canonical);
   st.canonical.resize(base);
-  const std::string mine = hmac_hex(st.signing_key, sts);
-  if (!core::constant_time_equal(mine, st.signature)) {
+  if (!core::constant_time_equal(view(hmac_hex(st.signing_key, sts)), st.signature)) {
     return make_error(ErrorCode::kSignatureDoesNotMatch,
                       "the request signature we calculated does not match the signature you "
                       "provided; check your key and signing method");
@@ -575,8 +633,7 @@ core::Result<void> check_signature(SigV4State& st, std::string_view payload_hash
 }  // namespace
 
 core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const CredentialIndex& keys,
-                                        std::chrono::system_clock::time_point now,
-                                        SigV4State& st) {
+                                        std::chrono::system_clock::time_point now, SigV4State& st) {
   st.mode = PayloadMode::kNone;
   st.verified = false;
   st.principal.clear();
@@ -595,23 +652,26 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
                       "only one authentication mechanism is allowed: the Authorization header or "
                       "the X-Amz-* query parameters");
   }
-  core::Result<AuthParams> parsed = make_error(ErrorCode::kMissingAuthentication,
-                                               "this route requires an AWS Signature Version 4");
+  if (!has_authz && !presigned_query) {
+    return make_error(ErrorCode::kMissingAuthentication,
+                      "this route requires an AWS Signature Version 4");
+  }
+  core::Result<AuthParams> parsed;
   if (has_authz) {
     parsed = parse_authorization(authz);
-  } else if (presigned_query) {
-    auto q = parse_query(req.query);
-    if (!q) {
-      return tl::unexpected(q.error());
+  } else {
+    Scratch& q = cache_->presign;
+    if (auto r = parse_query(req.query, q); !r) {
+      return r;
     }
-    parsed = parse_presigned(*q);
+    parsed = parse_presigned(std::span<const QueryParam>(q.params.data(), q.n_params));
   }
   if (!parsed) {
     return tl::unexpected(parsed.error());
   }
   AuthParams& p = *parsed;
-  const auto malformed = p.presigned ? ErrorCode::kAuthorizationQueryError
-                                     : ErrorCode::kAuthorizationHeaderMalformed;
+  const auto malformed =
+      p.presigned ? ErrorCode::kAuthorizationQueryError : ErrorCode::kAuthorizationHeaderMalformed;
   if (p.signature.size() != 64 || !is_lower_hex(p.signature)) {
     return make_error(malformed, "the Signature must be 64 lower-case hex digits");
   }
@@ -622,7 +682,7 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
                       "session tokens (X-Amz-Security-Token) are not accepted");
   }
   if (!p.presigned) {
-    p.amz_date = std::string(header(req, "x-amz-date"));
+    p.amz_date = header(req, "x-amz-date");
   }
   std::int64_t t = 0;
   if (!parse_amz_date(p.amz_date, t)) {
@@ -630,27 +690,33 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
                                              : "the X-Amz-Date header (YYYYMMDDTHHMMSSZ) is "
                                                "required");
   }
-  if (p.amz_date.compare(0, 8, p.date) != 0) {
+  if (p.amz_date.substr(0, 8) != p.date) {
     return make_error(malformed, "the Credential date must be the date of X-Amz-Date");
   }
   if (p.region != region_) {
-    return make_error(malformed, "the region '" + p.region + "' is wrong; expecting '" + region_ +
-                                     "'");
+    return make_error(malformed, "the region '" + std::string(p.region) +
+                                     "' is wrong; expecting '" + region_ + "'");
   }
-  std::vector<std::string_view> names;
+  std::vector<std::string_view>& names = cache_->canonical.names;
   if (!split_signed_headers(p.signed_headers, names)) {
-    return make_error(malformed, "SignedHeaders must be 1 to 64 lower-case header names, sorted, "
-                                 "separated by ';'");
+    return make_error(malformed,
+                      "SignedHeaders must be 1 to 64 lower-case header names, sorted, "
+                      "separated by ';'");
   }
   if (!std::binary_search(names.begin(), names.end(), std::string_view("host"))) {
     return make_error(malformed, "the host header must be signed");
   }
   for (const auto& h : req.headers) {
     if (istarts_with(h.name, "x-amz-")) {
-      std::string n(h.name);
-      std::transform(n.begin(), n.end(), n.begin(), lower);
-      if (!std::binary_search(names.begin(), names.end(), std::string_view(n))) {
-        return make_error(malformed, "every x-amz-* header must be signed (" + n + " is not)");
+      // Lower-cased on the stack: a name longer than any signable one cannot be signed.
+      std::array<char, 256> buf;
+      const std::size_t len = std::min(h.name.size(), buf.size());
+      std::transform(h.name.begin(), h.name.begin() + static_cast<std::ptrdiff_t>(len), buf.begin(),
+                     lower);
+      const std::string_view n(buf.data(), len);
+      if (h.name.size() > buf.size() || !std::binary_search(names.begin(), names.end(), n)) {
+        return make_error(malformed,
+                          "every x-amz-* header must be signed (" + std::string(n) + " is not)");
       }
     }
   }
@@ -748,23 +814,26 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
 
   // Canonical request up to the payload hash.
   const bool s3 = p.service == "s3";
-  auto canonical = canonical_request(req, p.signed_headers, "", s3, p.presigned);
-  if (!canonical) {
-    return tl::unexpected(canonical.error());
+  if (auto c = build_canonical(req, p.signed_headers, "", s3, p.presigned, cache_->canonical,
+                               st.canonical);
+      !c) {
+    return c;
   }
-  st.canonical = std::move(*canonical);
-  st.amz_date = p.amz_date;
-  st.scope = p.date + "/" + p.region + "/" + p.service + "/" + std::string(kTerminator);
-  st.signature = p.signature;
-  st.access_key_id = p.access_key_id;
+  st.amz_date.assign(p.amz_date);
+  st.scope.clear();
+  st.scope.append(p.date).append("/").append(p.region).append("/").append(p.service);
+  st.scope.append("/").append(kTerminator);
+  st.signature.assign(p.signature);
+  st.access_key_id.assign(p.access_key_id);
 
   // Signing key, from the cache when this key already signed for this day, region and service.
-  const std::string tag = p.access_key_id + "/" + st.scope;
+  std::string& tag = cache_->tag;
+  tag.clear();
+  tag.append(p.access_key_id).append("/").append(st.scope);
   auto& e = cache_->entries[std::hash<std::string>{}(tag) % cache_->entries.size()];
   if (e.tag != tag || e.secret != cred->secret) {
     const std::string k0 = "AWS4" + cred->secret;
-    const Key k_date = hmac({reinterpret_cast<const unsigned char*>(k0.data()), k0.size()},
-                            p.date);
+    const Key k_date = hmac({reinterpret_cast<const unsigned char*>(k0.data()), k0.size()}, p.date);
     const Key k_region = hmac(k_date, p.region);
     const Key k_service = hmac(k_region, p.service);
     e.key = hmac(k_service, kTerminator);
@@ -778,7 +847,7 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
       return r;
     }
   }
-  st.principal = cred->key.principal;
+  st.principal.assign(cred->key.principal);
   return {};
 }
 
@@ -902,22 +971,21 @@ core::Result<void> ChunkDecoder::end_chunk() {
   sts.append(kEmptyHash);
   sts.push_back('\n');
   to_hex(sts, h.data(), h.size());
-  std::string mine = hmac_hex(st_.signing_key, sts);
-  if (!core::constant_time_equal(mine, chunk_sig_)) {
+  const std::array<char, 64> mine = hmac_hex(st_.signing_key, sts);
+  if (!core::constant_time_equal(view(mine), chunk_sig_)) {
     return make_error(ErrorCode::kSignatureDoesNotMatch,
                       "an aws-chunked chunk signature does not match");
   }
-  prev_sig_ = std::move(mine);
+  prev_sig_.assign(mine.data(), mine.size());
   return {};
 }
 
 core::Result<void> ChunkDecoder::check_trailer() {
   std::string mine;
   if (st_.trailer == "x-amz-checksum-crc32" || st_.trailer == "x-amz-checksum-crc32c") {
-    const unsigned char be[4] = {static_cast<unsigned char>(crc_ >> 24),
-                                 static_cast<unsigned char>(crc_ >> 16),
-                                 static_cast<unsigned char>(crc_ >> 8),
-                                 static_cast<unsigned char>(crc_)};
+    const unsigned char be[4] = {
+        static_cast<unsigned char>(crc_ >> 24), static_cast<unsigned char>(crc_ >> 16),
+        static_cast<unsigned char>(crc_ >> 8), static_cast<unsigned char>(crc_)};
     mine = sigv4_util::base64({be, 4});
   } else {
     std::array<unsigned char, EVP_MAX_MD_SIZE> h{};
@@ -1006,7 +1074,8 @@ core::Result<void> ChunkDecoder::feed(std::string_view bytes, std::string& out) 
         continue;
       }
       case Phase::kData: {
-        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(want_, bytes.size()));
+        const std::size_t n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(want_, bytes.size()));
         const std::string_view data = bytes.substr(0, n);
         total_ += n;
         if (st_.has_decoded_length && total_ > st_.decoded_length) {

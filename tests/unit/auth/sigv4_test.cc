@@ -11,6 +11,31 @@
 
 #include "auth/auth.h"
 
+namespace {
+
+// Allocations made by this thread while counting (a counting global operator new).
+thread_local bool t_counting = false;
+thread_local std::uint64_t t_allocs = 0;
+
+void* counted(std::size_t n) {
+  if (t_counting) {
+    ++t_allocs;
+  }
+  if (void* p = std::malloc(n == 0 ? 1 : n)) {
+    return p;
+  }
+  throw std::bad_alloc();
+}
+
+}  // namespace
+
+void* operator new(std::size_t n) { return counted(n); }
+void* operator new[](std::size_t n) { return counted(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
 namespace gatehouse::auth {
 namespace {
 
@@ -664,6 +689,61 @@ TEST_F(SigV4Hostile, PresignedNonS3CoversThePayloadHash) {
   EXPECT_EQ(check(body).error().code, ErrorCode::kSignatureDoesNotMatch);
   Req s3 = presign("s3", "UNSIGNED-PAYLOAD", "any body");
   EXPECT_TRUE(check(s3));
+}
+
+// Once a verifier and a connection's state are warm, verifying allocates nothing: header-signed
+// GET, a PUT with a declared payload hash, and a presigned URL (the request path's cost).
+TEST_F(SigV4Hostile, WarmVerificationAllocatesNothing) {
+  Req get = base();
+  get.headers.emplace_back("User-Agent", "aws-sdk/1.0  (linux)");
+  sign(get, kId, kSecret, "20150830T123600Z", "execute-api", "host;user-agent;x-amz-date",
+       core::sha256_hex(""));
+  Req put = base();
+  put.method = "PUT";
+  put.path = "/bucket/some%20key";
+  put.body = "object body";
+  put.headers.emplace_back("x-amz-content-sha256", core::sha256_hex(put.body));
+  sign(put, kId, kSecret, "20150830T123600Z", "s3", "host;x-amz-content-sha256;x-amz-date",
+       core::sha256_hex(put.body));
+  Req pre{"GET",
+          "/k",
+          "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=GHIAABCDEFGHIJKLMNOP%2F20150830%2Fus-"
+          "east-1%2Fs3%2Faws4_request&X-Amz-Date=20150830T123600Z&X-Amz-Expires=60&X-Amz-"
+          "SignedHeaders=host",
+          "",
+          {{"Host", "localhost"}},
+          {}};
+  {
+    auto creq = SigV4Verifier::canonical_request(pre.get(), "host", "UNSIGNED-PAYLOAD", true, true);
+    ASSERT_TRUE(creq);
+    const auto key = signing_key(kSecret, "20150830", "us-east-1", "s3");
+    pre.query +=
+        "&X-Amz-Signature=" +
+        hexs(mac(key, SigV4Verifier::string_to_sign("20150830T123600Z",
+                                                    "20150830/us-east-1/s3/aws4_request", *creq)));
+  }
+  const SigV4Request reqs[] = {get.get(), put.get(), pre.get()};
+  const std::string_view bodies[] = {get.body, put.body, pre.body};
+  SigV4State st;
+  std::string payload;
+  int ok = 0;
+  auto round = [&] {
+    for (std::size_t i = 0; i < 3; ++i) {
+      ok += v.begin(reqs[i], keys, at(k20150830T123600Z), st) && v.finish(st, bodies[i], payload)
+                ? 1
+                : 0;
+    }
+  };
+  round();  // warm: buffers reach their sizes, signing keys are cached
+  ASSERT_EQ(ok, 3);
+  t_allocs = 0;
+  t_counting = true;
+  for (int i = 0; i < 100; ++i) {
+    round();
+  }
+  t_counting = false;
+  EXPECT_EQ(ok, 303);
+  EXPECT_EQ(t_allocs, 0u);
 }
 
 TEST_F(SigV4Hostile, SigningKeyCacheFollowsTheSecret) {
