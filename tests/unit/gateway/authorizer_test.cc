@@ -10,33 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "alloc_counter.h"
 #include "auth/auth.h"
 #include "config/config.h"
 
-namespace {
-
-// Allocations made by this thread while counting (a counting global operator new).
-thread_local bool t_counting = false;
-thread_local std::uint64_t t_allocs = 0;
-
-void* counted(std::size_t n) {
-  if (t_counting) {
-    ++t_allocs;
-  }
-  if (void* p = std::malloc(n == 0 ? 1 : n)) {
-    return p;
-  }
-  throw std::bad_alloc();
-}
-
-}  // namespace
-
-void* operator new(std::size_t n) { return counted(n); }
-void* operator new[](std::size_t n) { return counted(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+using gatehouse::testing::t_allocs;
+using gatehouse::testing::t_counting;
 
 namespace gatehouse::gateway {
 namespace {
