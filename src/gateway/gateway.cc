@@ -439,6 +439,12 @@ class GatewayImpl final : public Gateway {
           "reload: server.listen, server.threads, store.state and log.access_log take "
           "effect only after a restart; the running values stay");
     }
+    if (config.account_id != old.account_id || config.region != old.region ||
+        config.credentials.kek_file != old.credentials.kek_file) {
+      spdlog::warn(
+          "reload: SigV4 keeps the account_id, region and credentials.kek_file it started with "
+          "until a restart");
+    }
     auto snap = compile(std::move(config), metrics_, *limiter_, *identity_, generation_ + 1);
     if (!snap) {
       reloads_failed_.fetch_add(1);
