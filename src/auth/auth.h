@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -78,7 +79,8 @@ class KeyRegistry {
 // A key id (16 lowercase hex digits) as that number; false when malformed.
 [[nodiscard]] bool parse_hex_id(std::string_view id_hex, std::uint64_t& id) noexcept;
 // A stored key hash (64 hex digits) as its 32 raw bytes; false when malformed.
-[[nodiscard]] bool parse_key_hash(std::string_view hex, std::array<unsigned char, 32>& out) noexcept;
+[[nodiscard]] bool parse_key_hash(std::string_view hex,
+                                  std::array<unsigned char, 32>& out) noexcept;
 // Mixes a key id with a per-process random seed into a table index (the ids presented are
 // chosen by clients, so the probe sequence must not be predictable).
 [[nodiscard]] std::uint64_t key_slot_hash(std::uint64_t id) noexcept;
@@ -193,5 +195,237 @@ const typename KeyIndex<T>::Entry* KeyIndex<T>::verify(std::string_view presente
     }
   }
 }
+
+}  // namespace gatehouse::auth
+
+// ================================================================================================
+// AWS Signature Version 4 (sigv4.cc, credentials.cc).
+//
+// Access keys: an access key id "GHIA" + 16 characters [A-Z2-7] (20 characters, the shape of an
+// AWS key id) and a 40-character secret. SigV4 verifies an HMAC keyed by the secret, so the
+// secret cannot be stored hashed: it is stored encrypted with AES-256-GCM under a key-encryption
+// key (KEK) kept in a file created 0600 outside the store (docs/identity.md, "SigV4 access keys",
+// says why). Each key belongs to one principal, a role ARN
+// "arn:gatehouse:iam::<account>:role/<name>".
+
+namespace gatehouse::auth {
+
+// A stored access key, without its secret.
+struct AccessKey {
+  std::string id;         // "GHIA" + 16 base32 characters
+  std::string role;       // role name, [A-Za-z0-9+=,.@_-]{1,64}
+  std::string principal;  // role ARN
+  bool revoked = false;
+  std::int64_t created_ms = 0;
+  std::int64_t revoked_ms = 0;
+};
+
+struct CreatedAccessKey {
+  AccessKey record;
+  std::string secret;  // 40 characters: shown once, stored only encrypted
+};
+
+// The key-encryption key: 32 random bytes, hex in a file of mode 0600. Loads it, or creates it
+// (O_EXCL, 0600; parent directory created 0700) when `create` and the file does not exist.
+// Errors: kIo (unreadable, malformed, or readable by group or others: refused, not trusted),
+// kNotFound (absent and !create).
+[[nodiscard]] core::Result<std::array<unsigned char, 32>> load_kek(const std::string& path,
+                                                                   bool create);
+// Where the KEK lives: `kek_file` (config credentials.kek_file) when set, else beside a sqlite
+// store ("<db file>.kek"), else "./data/gatehouse.kek".
+[[nodiscard]] std::string kek_path(std::string_view kek_file, std::string_view store_url);
+
+// An access key with its secret, decrypted: what the verifier needs. Immutable once built.
+struct Credential {
+  AccessKey key;
+  std::string secret;
+};
+
+// Immutable index: access key id → credential (revoked ones left out). Thread-safe to share.
+class CredentialIndex {
+ public:
+  void add(Credential c) {
+    auto id = c.key.id;
+    entries_.emplace(std::move(id), std::move(c));
+  }
+  // nullptr when unknown.
+  [[nodiscard]] const Credential* find(std::string_view id) const {
+    const auto it = entries_.find(id);
+    return it == entries_.end() ? nullptr : &it->second;
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+  std::unordered_map<std::string, Credential, Hash, std::equal_to<>> entries_;
+};
+
+// Durable CRUD on access keys (table "sigv4_credentials"). Blocking, like KeyRegistry.
+class CredentialRegistry {
+ public:
+  // `kek` is copied; `account` is the 12-digit account id of the ARNs.
+  CredentialRegistry(store::Store& store, const core::Clock& clock,
+                     const std::array<unsigned char, 32>& kek, std::string account);
+  ~CredentialRegistry();
+  CredentialRegistry(const CredentialRegistry&) = delete;
+  CredentialRegistry& operator=(const CredentialRegistry&) = delete;
+
+  // Errors: kInvalidArgument (role name), kIo.
+  [[nodiscard]] core::Result<CreatedAccessKey> create(std::string_view role);
+  // Every key, revoked ones included, ordered by id (no secrets).
+  [[nodiscard]] core::Result<std::vector<AccessKey>> list();
+  // kNotFound for an unknown id.
+  [[nodiscard]] core::Result<AccessKey> revoke(std::string_view id);
+  // Every live key with its secret decrypted. kIo when a record does not decrypt (wrong KEK or
+  // tampered record: the message names the key id, never the secret).
+  [[nodiscard]] core::Result<std::shared_ptr<const CredentialIndex>> load_index();
+  // Bumped by every change: servers poll it.
+  [[nodiscard]] core::Result<std::int64_t> version();
+
+ private:
+  store::Store& store_;
+  const core::Clock& clock_;
+  std::array<unsigned char, 32> kek_;
+  std::string account_;
+};
+
+// --- Verification --------------------------------------------------------------------------------
+
+struct SigV4Header {
+  std::string_view name;
+  std::string_view value;
+};
+
+// The request as received. Views borrowed from the caller for the duration of the call.
+struct SigV4Request {
+  std::string_view method;
+  std::string_view path;   // raw, as sent (percent-encoded)
+  std::string_view query;  // raw, without '?'
+  std::span<const SigV4Header> headers;
+  bool body_expected = false;  // a body follows (Content-Length > 0 or chunked)
+};
+
+// How the payload is covered (x-amz-content-sha256).
+enum class PayloadMode : std::uint8_t {
+  kNone,             // no body: verified at once with the empty hash
+  kUnsigned,         // UNSIGNED-PAYLOAD
+  kDeclaredHash,     // a hex SHA-256 in the header: signature checked before the body, the
+                     // body's hash after it
+  kBodyHash,         // no header (non-S3 clients): the signature covers sha256(body), so it is
+                     // checked once the body is read
+  kStreamingSigned,  // STREAMING-AWS4-HMAC-SHA256-PAYLOAD: aws-chunked, chunk signatures
+  kStreamingUnsignedTrailer,  // STREAMING-UNSIGNED-PAYLOAD-TRAILER: aws-chunked + checksum
+};
+
+// Limits.
+constexpr std::size_t kSigV4MaxSignedHeaders = 64;
+constexpr std::size_t kSigV4MaxChunkBytes = std::size_t{16} << 20;  // one aws-chunked chunk
+constexpr std::int64_t kSigV4MaxPresignSeconds = 7 * 24 * 3600;
+constexpr std::chrono::minutes kSigV4MaxSkew{15};
+
+// Per-request verification state, reused across a connection's requests (buffers keep their
+// capacity). Holds the derived signing key while the request lives; never logged.
+struct SigV4State {
+  PayloadMode mode = PayloadMode::kNone;
+  bool verified = false;  // the request signature has been checked and matched
+  std::string principal;  // role ARN, once verified
+  std::string access_key_id;
+  std::string canonical;      // canonical request up to and including the signed-headers line
+  std::string amz_date;       // 20150830T123600Z
+  std::string scope;          // 20150830/us-east-1/service/aws4_request
+  std::string signature;      // presented (hex), then the chain's last for streaming
+  std::string declared_hash;  // kDeclaredHash: the header's value
+  std::string trailer;        // kStreamingUnsignedTrailer: x-amz-trailer (lower-case)
+  std::uint64_t decoded_length = 0;  // x-amz-decoded-content-length
+  bool has_decoded_length = false;
+  std::array<unsigned char, 32> signing_key{};
+};
+
+// Verifies SigV4 requests against a CredentialIndex. Not thread-safe: one per worker (it caches
+// derived signing keys per (secret, date, region, service), 64 entries).
+class SigV4Verifier {
+ public:
+  // `region`: the region requests must be scoped to. The service in a scope is free; "s3"
+  // selects S3's canonical URI rules (no path normalisation, no double encoding).
+  explicit SigV4Verifier(std::string region);
+  ~SigV4Verifier();
+  SigV4Verifier(const SigV4Verifier&) = delete;
+  SigV4Verifier& operator=(const SigV4Verifier&) = delete;
+
+  // Before the body: parses the Authorization header or the presigned query, checks the key,
+  // the time and the signed headers, and the signature itself unless it covers a body hash
+  // that needs the body (kBodyHash with a body). On success st.verified says which.
+  // Errors (core codes): kMissingAuthentication (neither header nor query),
+  // kAuthorizationHeaderMalformed, kAuthorizationQueryError, kInvalidAccessKeyId,
+  // kRequestTimeTooSkewed, kRequestExpired, kSignatureDoesNotMatch, kInvalidArgument (an
+  // X-Amz-Security-Token: session tokens are not issued here, so they are refused),
+  // kNotImplemented (a payload mode this server does not verify).
+  [[nodiscard]] core::Result<void> begin(const SigV4Request& req, const CredentialIndex& keys,
+                                         std::chrono::system_clock::time_point now, SigV4State& st);
+  // After the body: checks the payload (and the signature for kBodyHash). For the streaming
+  // modes decodes aws-chunked `body` into `payload`, verifying every chunk; otherwise `payload`
+  // is left untouched and the body stands as is. Errors: kSignatureDoesNotMatch,
+  // kContentSha256Mismatch, kInvalidChunk, kIncompleteBody, kBadDigest.
+  [[nodiscard]] core::Result<void> finish(SigV4State& st, std::string_view body,
+                                          std::string& payload);
+
+  // Exposed for tests (the published vectors): the canonical request and string to sign of
+  // `req` for the given signed headers and payload hash.
+  [[nodiscard]] static core::Result<std::string> canonical_request(const SigV4Request& req,
+                                                                   std::string_view signed_headers,
+                                                                   std::string_view payload_hash,
+                                                                   bool s3, bool presigned);
+  [[nodiscard]] static std::string string_to_sign(std::string_view amz_date, std::string_view scope,
+                                                  std::string_view canonical);
+
+  struct Cache;
+
+ private:
+  std::string region_;
+  std::unique_ptr<Cache> cache_;
+};
+
+// Incremental aws-chunked decoder (streaming payloads). Feed bytes in any split; each chunk's
+// signature is checked (signed mode) as soon as its data is complete, the trailing checksum
+// (unsigned-trailer mode) at the end. Chunks over kSigV4MaxChunkBytes are refused.
+class ChunkDecoder {
+ public:
+  // Signed: key, date, scope and seed signature from a verified SigV4State.
+  // Unsigned trailer: `trailer` names the expected checksum header (x-amz-checksum-crc32,
+  // -crc32c, -sha1 or -sha256).
+  explicit ChunkDecoder(const SigV4State& st);
+  ~ChunkDecoder();
+  ChunkDecoder(const ChunkDecoder&) = delete;
+  ChunkDecoder& operator=(const ChunkDecoder&) = delete;
+  // Appends decoded payload to `out`. Errors: kInvalidChunk, kSignatureDoesNotMatch, kBadDigest.
+  [[nodiscard]] core::Result<void> feed(std::string_view bytes, std::string& out);
+  // After the last byte. kIncompleteBody when the final chunk (or trailer) never came.
+  [[nodiscard]] core::Result<void> finish() const;
+
+ private:
+  core::Result<void> start_chunk();
+  core::Result<void> end_chunk();
+  core::Result<void> check_trailer();
+
+  const SigV4State& st_;
+  bool signed_;
+  enum class Phase : std::uint8_t { kSize, kData, kDataEnd, kTrailer, kDone } phase_ = Phase::kSize;
+  std::string line_;
+  std::uint64_t want_ = 0;
+  std::string chunk_sig_;
+  std::string prev_sig_;
+  std::string trailer_value_;
+  bool trailer_seen_ = false;
+  std::uint32_t crc_ = 0;
+  std::uint64_t total_ = 0;
+  struct Digest;
+  std::unique_ptr<Digest> digest_;  // running SHA-256 of the chunk, and of the whole payload
+                                    // for a sha1/sha256 trailer
+};
 
 }  // namespace gatehouse::auth

@@ -153,6 +153,76 @@ int cmd_keys(const std::string& action, const KeyArgs& a) {
   return 0;
 }
 
+struct CredentialArgs {
+  std::string config = "gatehouse.yaml";
+  std::string role;
+  std::string id;
+};
+
+void print_access_key(const gatehouse::auth::AccessKey& k) {
+  std::printf("%s\t%s\t%s\n", k.id.c_str(), k.principal.c_str(),
+              k.revoked ? "revoked" : "active");
+}
+
+// `gatehouse credentials create|list|revoke`: SigV4 access keys. The KEK is created (0600) by
+// the first `create`; list and revoke never decrypt a secret.
+int cmd_credentials(const std::string& action, const CredentialArgs& a) {
+  gatehouse::config::Config config;
+  auto store = open_store(a.config, config);
+  if (!store) {
+    return 1;
+  }
+  if (action == "create" && config.find_role(a.role) == nullptr) {
+    std::fprintf(stderr, "gatehouse credentials: %s defines no role '%s' (add it to roles)\n",
+                 a.config.c_str(), a.role.c_str());
+    return 1;
+  }
+  const std::string kek_path =
+      gatehouse::auth::kek_path(config.credentials.kek_file, config.store.state);
+  auto kek = gatehouse::auth::load_kek(kek_path, action == "create");
+  // Listing and revoking never decrypt a secret: they work without the KEK file.
+  if (!kek && !(action != "create" && kek.error().code == gatehouse::core::ErrorCode::kNotFound)) {
+    std::fprintf(stderr, "gatehouse credentials: %s\n", kek.error().message.c_str());
+    return 1;
+  }
+  gatehouse::auth::CredentialRegistry reg(*store, gatehouse::core::system_clock(),
+                                          kek ? *kek : std::array<unsigned char, 32>{},
+                                          config.account_id);
+  auto fail = [](const gatehouse::core::Error& e) {
+    std::fprintf(stderr, "gatehouse credentials: %s\n", e.message.c_str());
+    return e.code == gatehouse::core::ErrorCode::kNotFound ? 3 : 1;
+  };
+  if (action == "create") {
+    auto created = reg.create(a.role);
+    if (!created) {
+      return fail(created.error());
+    }
+    // Printed once, on stdout alone ("<access key id> <secret>"), so scripts can capture it.
+    std::printf("%s %s\n", created->record.id.c_str(), created->secret.c_str());
+    std::fprintf(stderr,
+                 "access key %s for %s: store the secret now, it cannot be shown again\n",
+                 created->record.id.c_str(), created->record.principal.c_str());
+    return 0;
+  }
+  if (action == "list") {
+    auto all = reg.list();
+    if (!all) {
+      return fail(all.error());
+    }
+    std::printf("access_key_id\tprincipal\tstatus\n");
+    for (const auto& k : *all) {
+      print_access_key(k);
+    }
+    return 0;
+  }
+  auto r = reg.revoke(a.id);
+  if (!r) {
+    return fail(r.error());
+  }
+  print_access_key(*r);
+  return 0;
+}
+
 struct UserArgs {
   std::string config = "gatehouse.yaml";
   std::string pool;
@@ -374,6 +444,22 @@ int main(int argc, char** argv) {
       c->callback([&key_action, c] { key_action = c->get_name(); });
     }
 
+    CredentialArgs cred_args;
+    std::string cred_action;
+    auto* creds = app.add_subcommand(
+        "credentials", "Manage SigV4 access keys (secrets stored encrypted under a KEK file)");
+    creds->require_subcommand(1);
+    auto* cc = creds->add_subcommand("create", "Issue an access key to a role; prints it once");
+    cc->add_option("--role", cred_args.role, "Role name (principal arn:gatehouse:iam::ACCOUNT:role/NAME)")
+        ->required();
+    auto* cl = creds->add_subcommand("list", "List access keys (never their secrets)");
+    auto* cr = creds->add_subcommand("revoke", "Revoke an access key");
+    cr->add_option("access_key_id", cred_args.id, "Access key id")->required();
+    for (auto* c : {cc, cl, cr}) {
+      c->add_option("-c,--config", cred_args.config, "Configuration file")->capture_default_str();
+      c->callback([&cred_action, c] { cred_action = c->get_name(); });
+    }
+
     UserArgs user_args;
     std::string user_action;
     auto* users = app.add_subcommand("users", "Administer user pools (users and signing keys)");
@@ -448,6 +534,9 @@ int main(int argc, char** argv) {
     }
     if (*keys) {
       return cmd_keys(key_action, key_args);
+    }
+    if (*creds) {
+      return cmd_credentials(cred_action, cred_args);
     }
     if (*users) {
       return cmd_users(user_action, user_args);

@@ -474,15 +474,16 @@ void check_route_auth(Decoded& d, const std::string& base, Route& r,
                       const std::unordered_map<std::string_view, std::size_t>& pools) {
   const Config& c = d.config;
   const bool has_block = d.position(base + ".jwt").line > 0;
+  if (r.auth != RouteAuth::kApiKey && r.api_key != ApiKeyMode::kNone) {
+    d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
+                      std::string("auth: ") + (r.auth == RouteAuth::kJwt ? "jwt" : "sigv4") +
+                          " cannot be combined with api_key: optional or required");
+  }
   if (r.auth != RouteAuth::kJwt) {
     if (has_block) {
       d.diagnostics.add(d.position(base + ".jwt"), base + ".jwt", "only applies with auth: jwt");
     }
     return;
-  }
-  if (r.api_key != ApiKeyMode::kNone) {
-    d.diagnostics.add(d.position(base + ".auth"), base + ".auth",
-                      "auth: jwt cannot be combined with api_key: optional or required");
   }
   if (!has_block) {
     d.diagnostics.add(d.position(base + ".auth"), base + ".auth",

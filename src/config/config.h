@@ -233,10 +233,18 @@ struct ThrottlingConfig {
 // Whether a route takes an API key (YAML api_key: none | optional | required; default none).
 enum class ApiKeyMode : std::uint8_t { kNone, kOptional, kRequired };
 
-// How a route authenticates callers (YAML auth: api_key | jwt; default api_key, where the
+// How a route authenticates callers (YAML auth: api_key | jwt | sigv4; default api_key, where the
 // route's api_key field decides). jwt: a bearer JWT checked by the route's `jwt` block
-// (docs/identity.md). Other schemes (sigv4) extend this enum.
-enum class RouteAuth : std::uint8_t { kApiKey, kJwt };
+// (docs/identity.md). sigv4: AWS Signature Version 4 with access keys issued to roles by
+// `gatehouse credentials create`; the principal is the key's role ARN (docs/identity.md).
+enum class RouteAuth : std::uint8_t { kApiKey, kJwt, kSigV4 };
+
+// SigV4 access keys (YAML credentials). Their ARNs use Config::account_id, and signatures must
+// be scoped to Config::region.
+struct CredentialsConfig {
+  std::string kek_file;  // key-encryption key file (created 0600); "" = beside the sqlite store
+                         // ("<db>.kek"); 1..4096 bytes
+};
 
 // Where a JWT authorizer gets its verification keys (YAML jwt.jwks: "pool NAME", "file PATH" or
 // "url http://127.0.0.1:PORT/PATH").
@@ -310,8 +318,9 @@ struct Route {
   Target target;                     // target.function must name a Config::functions entry
                                      // when set (checked)
   ApiKeyMode api_key = ApiKeyMode::kNone;  // YAML api_key: none | optional | required
-  RouteAuth auth = RouteAuth::kApiKey;     // YAML auth: api_key | jwt (jwt excludes api_key:
-                                           // optional/required, and needs the jwt block)
+  RouteAuth auth = RouteAuth::kApiKey;     // YAML auth: api_key | jwt | sigv4 (jwt and sigv4
+                                           // exclude api_key: optional/required; jwt needs
+                                           // the jwt block)
   JwtAuthorizerConfig jwt;                 // with auth: jwt only (checked)
   RateConfig throttle;                     // the route, all callers together; unset = no limit
   std::uint32_t concurrency = 0;           // most in flight; 0 = unlimited; 0..1000000
@@ -435,6 +444,7 @@ struct Config {
   std::vector<Upstream> upstreams;  // at most 1000
   std::vector<Route> routes;        // at most 10000, in file order
   ApiKeysConfig api_keys;
+  CredentialsConfig credentials;
   ThrottlingConfig throttling;
   std::vector<FunctionConfig> functions;  // at most 10000
   std::vector<Plan> plans;                // at most 1000

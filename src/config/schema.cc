@@ -1035,8 +1035,10 @@ std::optional<std::string> one_of(Walker& w, const Field<S>& f, const Value& v,
 
 void decode_route_auth(Walker& w, const Field<Route>& f, const Value& v, const std::string& path,
                        Route& out) {
-  if (const auto s = one_of(w, f, v, path, {"api_key", "jwt"})) {
-    out.auth = *s == "jwt" ? RouteAuth::kJwt : RouteAuth::kApiKey;
+  if (const auto s = one_of(w, f, v, path, {"api_key", "jwt", "sigv4"})) {
+    out.auth = *s == "jwt"     ? RouteAuth::kJwt
+               : *s == "sigv4" ? RouteAuth::kSigV4
+                               : RouteAuth::kApiKey;
   }
 }
 
@@ -1823,6 +1825,10 @@ constexpr std::array kApiKeysFields{
     duration("quota_flush_interval", &ApiKeysConfig::quota_flush_interval, 10ms, 1min),
 };
 
+constexpr std::array kCredentialsFields{
+    string("kek_file", &CredentialsConfig::kek_file, 1, 4096, Format::kLine),
+};
+
 constexpr std::array kThrottlingFields{
     throttle<&ThrottlingConfig::account>("account"),
     throttle<&ThrottlingConfig::client_ip>("client_ip"),
@@ -1975,6 +1981,7 @@ constexpr std::array kConfigFields{
     list<&Config::upstreams, kUpstreamFields>("upstreams", 1000),
     list<&Config::routes, kRouteFields>("routes", 10'000),
     section<&Config::api_keys, kApiKeysFields>("api_keys"),
+    section<&Config::credentials, kCredentialsFields>("credentials"),
     section<&Config::throttling, kThrottlingFields>("throttling"),
     list<&Config::functions, kFunctionFields>("functions", 10'000),
     list<&Config::plans, kPlanFields>("plans", 1000),
@@ -2030,6 +2037,7 @@ static_assert(well_formed(kHttpFields));
 static_assert(well_formed(kTargetFields));
 static_assert(well_formed(kRouteFields));
 static_assert(well_formed(kApiKeysFields));
+static_assert(well_formed(kCredentialsFields));
 static_assert(well_formed(kThrottlingFields));
 static_assert(well_formed(kFunctionFields));
 static_assert(well_formed(kSandboxFields));

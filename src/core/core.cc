@@ -70,6 +70,28 @@ constexpr CodeInfo info(ErrorCode code) noexcept {
       return {429, "ConcurrencyLimit"};
     case ErrorCode::kRecursiveInvocation:
       return {508, "RecursiveInvocationStopped"};
+    case ErrorCode::kSignatureDoesNotMatch:
+      return {403, "SignatureDoesNotMatch"};
+    case ErrorCode::kInvalidAccessKeyId:
+      return {403, "InvalidAccessKeyId"};
+    case ErrorCode::kRequestTimeTooSkewed:
+      return {403, "RequestTimeTooSkewed"};
+    case ErrorCode::kRequestExpired:
+      return {403, "AccessDenied"};
+    case ErrorCode::kMissingAuthentication:
+      return {403, "MissingAuthenticationToken"};
+    case ErrorCode::kAuthorizationHeaderMalformed:
+      return {400, "AuthorizationHeaderMalformed"};
+    case ErrorCode::kAuthorizationQueryError:
+      return {400, "AuthorizationQueryParametersError"};
+    case ErrorCode::kContentSha256Mismatch:
+      return {400, "XAmzContentSHA256Mismatch"};
+    case ErrorCode::kInvalidChunk:
+      return {400, "InvalidChunkSizeError"};
+    case ErrorCode::kIncompleteBody:
+      return {400, "IncompleteBody"};
+    case ErrorCode::kBadDigest:
+      return {400, "BadDigest"};
   }
   return {500, "InternalError"};
 }

@@ -39,6 +39,18 @@ enum class ErrorCode : std::uint8_t {
   kFunctionTimedOut,     // 504 FunctionTimedOut (killed at its deadline: Task.TimedOut)
   kConcurrencyLimit,     // 429 ConcurrencyLimit (a function's workers and queue are full)
   kRecursiveInvocation,  // 508 RecursiveInvocationStopped (lineage depth over the maximum)
+  // AWS Signature Version 4 (auth/sigv4.cc), with the names AWS uses on the wire.
+  kSignatureDoesNotMatch,         // 403 SignatureDoesNotMatch
+  kInvalidAccessKeyId,            // 403 InvalidAccessKeyId (unknown or revoked)
+  kRequestTimeTooSkewed,          // 403 RequestTimeTooSkewed (over 15 minutes off)
+  kRequestExpired,                // 403 AccessDenied ("Request has expired": presigned URL)
+  kMissingAuthentication,         // 403 MissingAuthenticationToken (no signature at all)
+  kAuthorizationHeaderMalformed,  // 400 AuthorizationHeaderMalformed
+  kAuthorizationQueryError,       // 400 AuthorizationQueryParametersError (presigned URL)
+  kContentSha256Mismatch,         // 400 XAmzContentSHA256Mismatch
+  kInvalidChunk,                  // 400 InvalidChunkSizeError / bad aws-chunked framing
+  kIncompleteBody,                // 400 IncompleteBody (decoded length differs)
+  kBadDigest,                     // 400 BadDigest (a trailing checksum does not match)
 };
 
 // HTTP status for `code` (500 for codes that never reach the wire).
@@ -113,5 +125,19 @@ void sha256(std::string_view data, std::array<unsigned char, 32>& out) noexcept;
 
 // Writes the decimal form of `v` into `out` (at least 20 bytes); returns the length.
 std::size_t format_uint(char* out, std::uint64_t v) noexcept;
+
+// The value of hex digit `c` (either case), or -1 when `c` is not one.
+[[nodiscard]] constexpr int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
 
 }  // namespace gatehouse::core

@@ -142,6 +142,16 @@ std::shared_ptr<const AuthzTable> compile_authz(const config::Config& c) {
       t->owned.push_back(pol);
     }
   }
+  for (const config::Role& role : c.roles) {
+    if (role.compiled.empty()) {
+      continue;
+    }
+    auto& list = t->role_policies[policy::role_arn(c.account_id, role.name)];
+    for (const auto& pol : role.compiled) {
+      list.push_back(pol.get());
+      t->owned.push_back(pol);
+    }
+  }
   for (const auto& pol : c.admin.compiled) {
     t->admin_policies.push_back(pol.get());
     t->owned.push_back(pol);
@@ -266,6 +276,10 @@ Verdict PolicyAuthorizer::authorize(RequestContext& ctx, Refusal& out) {
   std::span<const policy::Policy* const> identity;
   if (ctx.api_key != nullptr && !t->plan_policies.empty()) {
     if (const auto it = t->plan_policies.find(ctx.api_key->plan); it != t->plan_policies.end()) {
+      identity = it->second;
+    }
+  } else if (ctx.principal.kind == "role" && !t->role_policies.empty()) {
+    if (const auto it = t->role_policies.find(ctx.principal.id); it != t->role_policies.end()) {
       identity = it->second;
     }
   }

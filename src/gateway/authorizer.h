@@ -39,6 +39,9 @@ struct AuthzTable {
   std::vector<Route> routes;  // by route index
   // Identity policies of the keys on each plan, by plan name (in `owned`).
   std::map<std::string, std::vector<const policy::Policy*>, std::less<>> plan_policies;
+  // Identity policies of each role of `roles` that has some, by role ARN: those of a caller
+  // whose principal is that role (SigV4 access keys issued to it).
+  std::map<std::string, std::vector<const policy::Policy*>, std::less<>> role_policies;
   // The admin's identity policies: admin.policies, or empty = unrestricted (no evaluation).
   std::vector<const policy::Policy*> admin_policies;
   // Request headers some policy reads as gatehouse:Header/<name>: {condition key, header name

@@ -36,18 +36,7 @@ bool valid_utf8_text(std::string_view s) {
   return true;
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
+using core::hex_value;
 
 // application/x-www-form-urlencoded decoding, as API Gateway applies to query parameters.
 std::string percent_decode(std::string_view s) {

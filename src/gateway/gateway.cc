@@ -25,6 +25,7 @@
 #include "gateway/limiter.h"
 #include "gateway/metrics.h"
 #include "gateway/proxy.h"
+#include "gateway/sigv4_stage.h"
 #include "runtime/runtime.h"
 #include "store/store.h"
 
@@ -323,13 +324,16 @@ class Pipeline final : public http::Handler {
   std::vector<PerWorker> current_;
 };
 
-// The built-in authenticate stage: API keys (the limiter) for every route, then the JWT
-// authorizer for routes with auth: jwt.
+// The built-in authenticate stage: SigV4 for routes with auth: sigv4; API keys (the limiter)
+// for every other route, then the JWT authorizer for routes with auth: jwt.
 class RouteAuthenticator final : public Authenticator {
  public:
-  RouteAuthenticator(Authenticator& api_keys, IdentityService& identity)
-      : api_keys_(api_keys), identity_(identity) {}
+  RouteAuthenticator(Authenticator& api_keys, IdentityService& identity, SigV4Stage& sigv4)
+      : api_keys_(api_keys), identity_(identity), sigv4_(sigv4) {}
   Verdict authenticate(RequestContext& ctx, Refusal& out) override {
+    if (ctx.route != nullptr && ctx.route->route->auth == config::RouteAuth::kSigV4) {
+      return sigv4_.authenticate(ctx, out);
+    }
     if (api_keys_.authenticate(ctx, out) == Verdict::kRefuse) {
       return Verdict::kRefuse;
     }
@@ -342,6 +346,7 @@ class RouteAuthenticator final : public Authenticator {
  private:
   Authenticator& api_keys_;
   IdentityService& identity_;
+  SigV4Stage& sigv4_;
 };
 
 class GatewayImpl final : public Gateway {
@@ -350,8 +355,9 @@ class GatewayImpl final : public Gateway {
       : stages_(std::move(stages)),
         store_(std::move(store)),
         limiter_(std::make_unique<Limiter>(*store_, core::system_clock(), workers)),
+        sigv4_(std::make_unique<SigV4Stage>(*store_, core::system_clock(), workers)),
         identity_(std::make_unique<IdentityService>(*store_, core::system_clock(), workers)),
-        route_auth_(*limiter_, *identity_),
+        route_auth_(*limiter_, *identity_, *sigv4_),
         metrics_(workers),
         proxy_(workers),
         pipeline_(*this, workers) {
@@ -417,6 +423,12 @@ class GatewayImpl final : public Gateway {
     if (!l) {
       return l;
     }
+    if (auto s = sigv4_->start(snapshot_->config, [this](std::function<void(unsigned)> fn) {
+          server_->run_on_all_workers(std::move(fn));
+        });
+        !s) {
+      return s;
+    }
     identity_->start(
         [this](std::function<void(unsigned)> fn) { server_->run_on_all_workers(std::move(fn)); });
     auto r = server_->start();
@@ -438,6 +450,12 @@ class GatewayImpl final : public Gateway {
       spdlog::warn(
           "reload: server.listen, server.threads, store.state and log.access_log take "
           "effect only after a restart; the running values stay");
+    }
+    if (config.account_id != old.account_id || config.region != old.region ||
+        config.credentials.kek_file != old.credentials.kek_file) {
+      spdlog::warn(
+          "reload: SigV4 keeps the account_id, region and credentials.kek_file it started with "
+          "until a restart");
     }
     auto snap = compile(std::move(config), metrics_, *limiter_, *identity_, generation_ + 1);
     if (!snap) {
@@ -523,6 +541,7 @@ class GatewayImpl final : public Gateway {
     runtime_->stop();  // after the drain: invocations in flight had the grace period to finish
     identity_->stop();  // hashing work in flight finishes; its replies go nowhere now
     limiter_->stop();  // writes the last quota counts
+    sigv4_->stop();
     spdlog::info("stopped");
     if (access_) {
       access_->flush();
@@ -833,6 +852,13 @@ class GatewayImpl final : public Gateway {
   }
 
   Authenticator& authenticator() { return *authenticate_; }
+  SigV4Stage& sigv4() { return *sigv4_; }
+  // Blocking pool: the access-key admin API (SigV4Stage::admin).
+  AdminReply admin_credentials(const std::string& method, const std::string& sub,
+                               const std::string& body, const config::Config& config) {
+    CredentialsAdminReply r = sigv4_->admin(method, sub, body, config);
+    return AdminReply{r.status, std::move(r.code), std::move(r.body)};
+  }
   IdentityService& identity() { return *identity_; }
   // Blocking pool: the identity admin API (user pools, keys).
   AdminReply admin_identity(const std::string& method, const std::string& sub) {
@@ -870,6 +896,7 @@ class GatewayImpl final : public Gateway {
   Stages stages_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Limiter> limiter_;
+  std::unique_ptr<SigV4Stage> sigv4_;  // stopped in stop()
   std::unique_ptr<Authorizer> policy_authorize_;
   std::unique_ptr<IdentityService> identity_;  // stopped in stop(), before server_ goes
   RouteAuthenticator route_auth_;
@@ -922,6 +949,9 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.principal_arn.clear();
   ctx.user_pool = {};
   ctx.claims.clear();
+  if (ctx.sigv4) {
+    ctx.sigv4->active = false;  // after_body checks only what this request's authenticate began
+  }
   c.admitted = false;
   c.builtin = Conn::Builtin::kNone;
 
@@ -1063,6 +1093,9 @@ http::Step Pipeline::on_request(http::Exchange& ex) {
   }
   if (c.builtin != Conn::Builtin::kNone) {
     return builtin(ex, c);
+  }
+  if (Refusal r; gw_.sigv4().after_body(ex, c.ctx, r) == Verdict::kRefuse) {
+    return refuse(ex, c, r);
   }
   return dispatch(ex, c);
 }
@@ -1308,6 +1341,13 @@ AdminAction admin_action(std::string_view method, std::string_view sub) {
   if (sub == "/keys" && (get || method == "POST")) {
     return {get ? "gatehouse:ListKeys" : "gatehouse:CreateKey", whole};
   }
+  if (sub == "/credentials" && (get || method == "POST")) {
+    return {get ? "gatehouse:ListCredentials" : "gatehouse:CreateCredential", whole};
+  }
+  constexpr std::string_view kCredentials = "/credentials/";
+  if (sub.starts_with(kCredentials) && sub.ends_with("/revoke") && method == "POST") {
+    return {"gatehouse:RevokeCredential", sub.substr(1, sub.rfind('/') - 1)};  // credentials/<id>
+  }
   // Dead letters of a function's asynchronous events: resource functions/{name}.
   constexpr std::string_view kFunctions = "/functions/";
   constexpr std::string_view kDeadLetters = "/dead-letters";
@@ -1451,7 +1491,12 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
       constexpr std::string_view kReplay = "/replay";
       // /functions/{name}/dead-letters[/{id}/replay]
       std::function<GatewayImpl::AdminReply()> blocking;
-      if (sub.starts_with("/user-pools/")) {
+      if (sub == "/credentials" || sub.starts_with("/credentials/")) {
+        blocking = [this, method = std::string(req.method), sub = std::string(sub),
+                    body = std::string(req.body), snap = c.snapshot] {
+          return gw_.admin_credentials(method, sub, body, snap->config);
+        };
+      } else if (sub.starts_with("/user-pools/")) {
         blocking = [this, method = std::string(req.method), sub = std::string(sub)] {
           return gw_.admin_identity(method, sub);
         };

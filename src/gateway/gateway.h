@@ -38,6 +38,7 @@ struct RouteEntry;  // one compiled route of a Snapshot
 struct LimitTable;  // the compiled limits of a Snapshot (limiter.h)
 struct KeyState;    // an API key's limiter cells (limiter.h)
 struct CompiledPlan;  // a usage plan compiled into a LimitTable (limiter.h)
+struct SigV4Slot;     // per-connection SigV4 state (sigv4_stage.h)
 struct AuthzTable;    // the compiled authorization of a Snapshot (authorizer.h)
 
 // Who is calling. Filled by the authenticate stage; anonymous by default. The id is always the
@@ -69,6 +70,9 @@ struct RequestContext {
   const CompiledPlan* plan = nullptr;     // that key's plan in `limits`
   std::array<limits::Gate*, 3> gates{};   // concurrency gates entered by the throttle
   std::uint8_t gate_count = 0;
+  // Set by the SigV4 authenticator on a connection's first sigv4 request and reused after;
+  // shared_ptr only so this header needs no complete type.
+  std::shared_ptr<SigV4Slot> sigv4;
   const AuthzTable* authz = nullptr;  // the snapshot's compiled authorization
   // Storage for principal.id when a stage builds it (the API-key check, the JWT authenticator;
   // reused per connection: no allocation once warm).

@@ -181,6 +181,9 @@ class Exchange {
   [[nodiscard]] virtual std::string& out() noexcept = 0;
   // Whether the response should keep the connection alive (client wish, server draining).
   [[nodiscard]] virtual bool keep_alive() const noexcept = 0;
+  // Replaces the request body seen by request() (after on_request began, e.g. with a decoded
+  // aws-chunked payload); `body` must stay valid until the exchange completes.
+  virtual void replace_body(std::string_view body) noexcept = 0;
   // Status of the response written (the handler tells it, for logs and metrics).
   virtual void set_status(int status) noexcept = 0;
   [[nodiscard]] virtual int status() const noexcept = 0;

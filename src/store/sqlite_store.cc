@@ -389,6 +389,11 @@ core::Result<void> SqliteStore::init(std::string_view path) {
   }
   write_db_ = std::move(*db);
   sqlite3* w = write_db_.get();
+  // busy_timeout first: switching to WAL needs a lock another process (a parallel `gatehouse
+  // keys create`) may hold for a moment.
+  if (auto r = configure_connection(w, name_); !r) {
+    return r;
+  }
 
   if (!shared_connection_) {
     // journal_mode answers with the mode it ended up in; anything but "wal" means readers
@@ -408,9 +413,7 @@ core::Result<void> SqliteStore::init(std::string_view path) {
   }
   const char* sync =
       options_.synchronous_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
-  if (auto r = exec(w, sync, name_, "cannot set synchronous")
-                   .and_then([&] { return configure_connection(w, name_); })
-                   .and_then([&] { return migrate(); });
+  if (auto r = exec(w, sync, name_, "cannot set synchronous").and_then([&] { return migrate(); });
       !r) {
     return r;
   }

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -154,9 +155,9 @@ def test_processes_and_hostname_are_its_own(start_gatehouse, fn_dir):
 @pytest.mark.deadline(60)
 def test_network_modes(start_gatehouse, fn_dir, tmp_path):
     # A unix socket server of the host's, in a directory functions can reach (read-only): no
-    # network namespace hides it, the filter does.
-    unix_dir = tmp_path / "sock"
-    unix_dir.mkdir()
+    # network namespace hides it, the filter does. Not under /tmp (where pytest's tmp_path may
+    # be): a function's /tmp is its own, which would hide the socket from `host` too.
+    unix_dir = Path(tempfile.mkdtemp(prefix="gh-sock-", dir="/var/tmp"))
     world_readable(unix_dir)
     unix_path = unix_dir / "host.sock"
     unix_server = socket.socket(socket.AF_UNIX)
@@ -210,6 +211,7 @@ def test_network_modes(start_gatehouse, fn_dir, tmp_path):
         t.join(2)
         server.close()
         unix_server.close()
+        shutil.rmtree(unix_dir, ignore_errors=True)
 
 
 @pytest.mark.deadline(90)

@@ -10,33 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "alloc_counter.h"
 #include "auth/auth.h"
 #include "config/config.h"
 
-namespace {
-
-// Allocations made by this thread while counting (a counting global operator new).
-thread_local bool t_counting = false;
-thread_local std::uint64_t t_allocs = 0;
-
-void* counted(std::size_t n) {
-  if (t_counting) {
-    ++t_allocs;
-  }
-  if (void* p = std::malloc(n == 0 ? 1 : n)) {
-    return p;
-  }
-  throw std::bad_alloc();
-}
-
-}  // namespace
-
-void* operator new(std::size_t n) { return counted(n); }
-void* operator new[](std::size_t n) { return counted(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+using gatehouse::testing::t_allocs;
+using gatehouse::testing::t_counting;
 
 namespace gatehouse::gateway {
 namespace {
@@ -284,6 +263,33 @@ TEST(PolicyAuthorizer, PlanIdentityPoliciesAndTheExecuteApiArn) {
             "explicitly denied by policy 'reader' statement 'NoAdminPaths'");
   // With stages, the stage is the ARN's second component, not part of the path.
   EXPECT_EQ(decide(*t, 2, "orders", "/prod/orders/1", kA, "gold", "10.1.2.3", "prod"), "allow");
+}
+
+// A role caller (a SigV4 access key issued to the role): its roles[].policies are its identity
+// policies, and route policies see its role ARN.
+TEST(PolicyAuthorizer, RoleIdentityPoliciesApplyToRoleCallers) {
+  const std::string yaml =
+      std::string(kYaml) + "roles:\n  - {name: clerk, policies: [reader]}\n  - {name: plain}\n";
+  const auto t = compile_authz(load(yaml));
+  const std::string clerk = policy::role_arn("123456789012", "clerk");
+  const std::string plain = policy::role_arn("123456789012", "plain");
+  ASSERT_EQ(t->role_policies.size(), 1u);  // only roles with policies
+  EXPECT_TRUE(t->role_policies.contains(clerk));
+  auto as_role = [&](std::uint32_t route, std::string_view name, std::string_view path,
+                     const std::string& arn) {
+    Call call(*t, route, name, "GET", path);
+    call.ctx.principal = Principal{"role", arn};
+    Refusal out;
+    return call.authorize(out) == Verdict::kContinue ? std::string("allow")
+                                                     : std::string(out.message);
+  };
+  EXPECT_EQ(as_role(2, "orders", "/orders/42", clerk), "allow");
+  EXPECT_EQ(as_role(0, "open", "/open", clerk), kNoAllow);
+  EXPECT_EQ(as_role(2, "orders", "/orders/admin/1", clerk),
+            "explicitly denied by policy 'reader' statement 'NoAdminPaths'");
+  // A role without policies is decided like any caller with none.
+  EXPECT_EQ(as_role(0, "open", "/open", plain), "allow");
+  EXPECT_EQ(as_role(1, "keys", "/keys/x", plain), kNoAllow);
 }
 
 TEST(PolicyAuthorizer, HeaderConditions) {
