@@ -5,8 +5,20 @@
 
 namespace gatehouse::testing {
 
+namespace {
 thread_local bool t_counting = false;
 thread_local std::uint64_t t_allocs = 0;
+}  // namespace
+
+void start_counting() noexcept {
+  t_allocs = 0;
+  t_counting = true;
+}
+
+std::uint64_t stop_counting() noexcept {
+  t_counting = false;
+  return t_allocs;
+}
 
 }  // namespace gatehouse::testing
 

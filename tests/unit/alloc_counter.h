@@ -7,8 +7,10 @@
 
 namespace gatehouse::testing {
 
-// While t_counting is true, every allocation made by this thread increments t_allocs.
-extern thread_local bool t_counting;
-extern thread_local std::uint64_t t_allocs;
+// Starts counting this thread's heap allocations from zero. (Functions rather than extern
+// thread_local variables: sanitizer builds trip over the latter's cross-unit TLS wrappers.)
+void start_counting() noexcept;
+// Stops counting; returns how many allocations this thread made since start_counting().
+std::uint64_t stop_counting() noexcept;
 
 }  // namespace gatehouse::testing

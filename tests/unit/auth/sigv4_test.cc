@@ -12,8 +12,8 @@
 #include "alloc_counter.h"
 #include "auth/auth.h"
 
-using gatehouse::testing::t_allocs;
-using gatehouse::testing::t_counting;
+using gatehouse::testing::start_counting;
+using gatehouse::testing::stop_counting;
 
 namespace gatehouse::auth {
 namespace {
@@ -715,14 +715,13 @@ TEST_F(SigV4Hostile, WarmVerificationAllocatesNothing) {
   };
   round();  // warm: buffers reach their sizes, signing keys are cached
   ASSERT_EQ(ok, 3);
-  t_allocs = 0;
-  t_counting = true;
+  start_counting();
   for (int i = 0; i < 100; ++i) {
     round();
   }
-  t_counting = false;
+  const std::uint64_t allocs = stop_counting();
   EXPECT_EQ(ok, 303);
-  EXPECT_EQ(t_allocs, 0u);
+  EXPECT_EQ(allocs, 0U);
 }
 
 TEST_F(SigV4Hostile, SigningKeyCacheFollowsTheSecret) {

@@ -14,8 +14,8 @@
 #include "auth/auth.h"
 #include "config/config.h"
 
-using gatehouse::testing::t_allocs;
-using gatehouse::testing::t_counting;
+using gatehouse::testing::start_counting;
+using gatehouse::testing::stop_counting;
 
 namespace gatehouse::gateway {
 namespace {
@@ -341,14 +341,13 @@ TEST(PolicyAuthorizer, DecidingAllocatesNothingOnceWarm) {
   };
   round();  // warm: the per-thread request, context and message reach their sizes
   refused = 0;
-  t_allocs = 0;
-  t_counting = true;
+  start_counting();
   for (int i = 0; i < 1000; ++i) {
     round();
   }
-  t_counting = false;
+  const std::uint64_t allocs = stop_counting();
   EXPECT_EQ(refused, 1000);
-  EXPECT_EQ(t_allocs, 0U) << "heap allocations while deciding";
+  EXPECT_EQ(allocs, 0U) << "heap allocations while deciding";
 }
 
 }  // namespace
