@@ -55,7 +55,10 @@ def fn_env(tmp_path):
     script = d / "fn.sh"
     script.write_text(SCRIPT)
     script.chmod(0o755)
-    out = tmp_path / "out"
+    # Inside the function's own directory, which its sandbox mounts (read-only, so the function
+    # sees the markers the test writes): pytest's tmp_path may be under /tmp, and a function's
+    # /tmp is its own.
+    out = d / "out"
     out.mkdir()
     out.chmod(0o777)
     reachable(script)
