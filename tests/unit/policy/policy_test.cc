@@ -828,6 +828,27 @@ TEST(PolicyContext, AssignClearAndAddReadAsExpected) {
   EXPECT_EQ(c.find("never-set"), nullptr);
 }
 
+TEST(PolicyContext, ClearPrefixAndAppendCarryJwtClaimsBetweenRequests) {
+  // What the gateway does per request with a JWT's claims: clear every jwt: key, then append.
+  Context c;
+  c.append("jwt:scope", "read");
+  c.append("JWT:Scope", "write");  // same key, one more value
+  c.append("jwt:sub", "u-1");
+  c.assign("aws:SourceIp", "127.0.0.1");
+  ASSERT_NE(c.find("jwt:scope"), nullptr);
+  EXPECT_EQ(*c.find("jwt:scope"), (std::vector<std::string>{"read", "write"}));
+  c.clear_prefix("Jwt:");  // case-insensitive, like the keys
+  EXPECT_EQ(c.find("jwt:scope"), nullptr);
+  EXPECT_EQ(c.find("jwt:sub"), nullptr);
+  ASSERT_NE(c.find("aws:SourceIp"), nullptr);  // other keys stay
+  // The next request's claims start afresh: the earlier values do not come back.
+  c.append("jwt:scope", "admin");
+  EXPECT_EQ(*c.find("jwt:scope"), (std::vector<std::string>{"admin"}));
+  EXPECT_EQ(c.find("jwt:sub"), nullptr);
+  c.clear_prefix("");  // everything
+  EXPECT_EQ(c.find("aws:SourceIp"), nullptr);
+}
+
 TEST(PolicyContext, ClearedKeysFallBackToDerivedOnesAndFailConditions) {
   // A cleared aws:PrincipalArn reads as absent, so the engine derives it from the principal.
   Context c;
