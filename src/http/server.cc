@@ -209,7 +209,6 @@ class Session final : public Exchange, public std::enable_shared_from_this<Sessi
   bool in_exchange_ = false;        // on_headers called, on_complete not yet
   std::size_t response_start_ = 0;  // where this request's response begins in out_
   bool reading_ = false;
-  bool short_read_ = false;  // the last read returned less than it asked for
   bool writing_ = false;
   bool close_after_write_ = false;
   bool closed_ = false;
@@ -666,7 +665,6 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
     return;
   }
   in_.commit(n);
-  short_read_ = n < kReadChunk;
   if (phase_ == Phase::kIdle) {
     phase_ = Phase::kHeader;
     deadline_ = deadline_after(opts().header_timeout);
@@ -710,12 +708,6 @@ void Session::process() {
   }
   if (close_after_write_) {
     lingering_close();
-  } else if (short_read_ && in_.size() == 0) {
-    // The last read drained the socket (a stream read returns all there is, up to the buffer),
-    // so reading again right away would mostly find nothing: a wasted syscall per request. Read
-    // after the worker's other ready work instead, by when the client has usually sent more.
-    short_read_ = false;
-    net::post(worker_.ioc(), [self = shared_from_this()] { self->do_read(); });
   } else {
     do_read();
   }
