@@ -30,17 +30,17 @@ namespace gatehouse::lambda {
 
 // One event, as the Runtime API delivered it.
 struct Invocation {
-  std::string request_id;      // Lambda-Runtime-Aws-Request-Id
-  std::string payload;         // the event JSON
-  std::string function_arn;    // Lambda-Runtime-Invoked-Function-Arn
-  std::string deadline_ms;     // Lambda-Runtime-Deadline-Ms (epoch milliseconds)
-  std::string trace_id;        // Lambda-Runtime-Trace-Id
-  std::string client_context;  // Lambda-Runtime-Client-Context (JSON, may be empty)
-  std::string lineage_depth;   // Gatehouse-Lineage-Depth ("" outside Gatehouse); forward it as
-                               // x-gatehouse-lineage-depth when calling back into a gateway
-  std::string principal;       // Gatehouse-Principal
-  std::string source;          // Gatehouse-Source ("route:NAME", ...)
-  std::string source_detail;   // Gatehouse-Source-Detail (a workflow step: "execution/state")
+  std::string request_id;         // Lambda-Runtime-Aws-Request-Id
+  std::string payload;            // the event JSON
+  std::string function_arn;       // Lambda-Runtime-Invoked-Function-Arn
+  std::string deadline_ms;        // Lambda-Runtime-Deadline-Ms (epoch milliseconds)
+  std::string trace_id;           // Lambda-Runtime-Trace-Id
+  std::string client_context;     // Lambda-Runtime-Client-Context (JSON, may be empty)
+  std::string lineage_depth;      // Gatehouse-Lineage-Depth ("" outside Gatehouse); forward it as
+                                  // x-gatehouse-lineage-depth when calling back into a gateway
+  std::string principal;          // Gatehouse-Principal
+  std::string source;             // Gatehouse-Source ("route:NAME", ...)
+  std::string source_detail;      // Gatehouse-Source-Detail (a workflow step: "execution/state")
   std::string caller_request_id;  // Gatehouse-Request-Id: the request that caused this call
 };
 
@@ -199,14 +199,15 @@ inline bool request(const std::string& api, std::string_view method, const std::
   out.body = raw.substr(end + 4);
   const std::string length = out.header("content-length");
   if (!length.empty()) {
-    out.body.resize(std::min<std::size_t>(out.body.size(), std::strtoull(length.c_str(), nullptr, 10)));
+    out.body.resize(
+        std::min<std::size_t>(out.body.size(), std::strtoull(length.c_str(), nullptr, 10)));
   }
   return true;
 }
 
 inline std::string error_json(std::string_view type, std::string_view message) {
-  return "{\"errorType\":\"" + json_escape(type) + "\",\"errorMessage\":\"" +
-         json_escape(message) + "\",\"stackTrace\":[]}";
+  return "{\"errorType\":\"" + json_escape(type) + "\",\"errorMessage\":\"" + json_escape(message) +
+         "\",\"stackTrace\":[]}";
 }
 
 inline const char* api_endpoint() { return std::getenv("AWS_LAMBDA_RUNTIME_API"); }
@@ -260,11 +261,11 @@ inline int run(const std::function<Result(const Invocation&)>& handler) {
     detail::Response posted;
     const std::string path = base + "/invocation/" + inv.request_id;
     const bool sent =
-        result.ok ? detail::request(api, "POST", path + "/response", result.payload, posted)
-                  : detail::request(api, "POST", path + "/error",
-                                    detail::error_json(result.error_type, result.error_message),
-                                    posted,
-                                    {{"Lambda-Runtime-Function-Error-Type", result.error_type}});
+        result.ok
+            ? detail::request(api, "POST", path + "/response", result.payload, posted)
+            : detail::request(api, "POST", path + "/error",
+                              detail::error_json(result.error_type, result.error_message), posted,
+                              {{"Lambda-Runtime-Function-Error-Type", result.error_type}});
     if (!sent) {
       return 1;
     }

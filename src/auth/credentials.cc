@@ -14,8 +14,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <stdexcept>
 #include <limits>
+#include <stdexcept>
 
 #include "auth/auth.h"
 #include "auth/sigv4_util.h"
@@ -178,8 +178,8 @@ std::string record_json(const Record& r) {
   o["created_ms"] = r.key.created_ms;
   o["revoked_ms"] = r.key.revoked_ms;
   o["alg"] = "AES-256-GCM";
-  o["nonce"] = hex({reinterpret_cast<const unsigned char*>(r.sealed.nonce.data()),
-                    r.sealed.nonce.size()});
+  o["nonce"] =
+      hex({reinterpret_cast<const unsigned char*>(r.sealed.nonce.data()), r.sealed.nonce.size()});
   o["secret"] = hex({reinterpret_cast<const unsigned char*>(r.sealed.ciphertext.data()),
                      r.sealed.ciphertext.size()});
   o["tag"] =
@@ -256,8 +256,8 @@ core::Result<std::array<unsigned char, 32>> load_kek(const std::string& path, bo
     return kek;
   }
   if (fd < 0) {
-    return make_error(ErrorCode::kIo, "cannot open the key-encryption key " + path + ": " +
-                                          std::strerror(errno));
+    return make_error(ErrorCode::kIo,
+                      "cannot open the key-encryption key " + path + ": " + std::strerror(errno));
   }
   struct stat sb {};
   char buf[130];
@@ -273,8 +273,8 @@ core::Result<std::array<unsigned char, 32>> load_kek(const std::string& path, bo
     text.remove_suffix(1);
   }
   if (text.size() != 64 || !unhex(text, raw)) {
-    return make_error(ErrorCode::kIo, "the key-encryption key " + path +
-                                          " must hold 64 lower-case hex digits");
+    return make_error(ErrorCode::kIo,
+                      "the key-encryption key " + path + " must hold 64 lower-case hex digits");
   }
   std::memcpy(kek.data(), raw.data(), kek.size());
   OPENSSL_cleanse(raw.data(), raw.size());

@@ -160,8 +160,7 @@ struct CredentialArgs {
 };
 
 void print_access_key(const gatehouse::auth::AccessKey& k) {
-  std::printf("%s\t%s\t%s\n", k.id.c_str(), k.principal.c_str(),
-              k.revoked ? "revoked" : "active");
+  std::printf("%s\t%s\t%s\n", k.id.c_str(), k.principal.c_str(), k.revoked ? "revoked" : "active");
 }
 
 // `gatehouse credentials create|list|revoke`: SigV4 access keys. The KEK is created (0600) by
@@ -199,8 +198,7 @@ int cmd_credentials(const std::string& action, const CredentialArgs& a) {
     }
     // Printed once, on stdout alone ("<access key id> <secret>"), so scripts can capture it.
     std::printf("%s %s\n", created->record.id.c_str(), created->secret.c_str());
-    std::fprintf(stderr,
-                 "access key %s for %s: store the secret now, it cannot be shown again\n",
+    std::fprintf(stderr, "access key %s for %s: store the secret now, it cannot be shown again\n",
                  created->record.id.c_str(), created->record.principal.c_str());
     return 0;
   }
@@ -450,7 +448,8 @@ int main(int argc, char** argv) {
         "credentials", "Manage SigV4 access keys (secrets stored encrypted under a KEK file)");
     creds->require_subcommand(1);
     auto* cc = creds->add_subcommand("create", "Issue an access key to a role; prints it once");
-    cc->add_option("--role", cred_args.role, "Role name (principal arn:gatehouse:iam::ACCOUNT:role/NAME)")
+    cc->add_option("--role", cred_args.role,
+                   "Role name (principal arn:gatehouse:iam::ACCOUNT:role/NAME)")
         ->required();
     auto* cl = creds->add_subcommand("list", "List access keys (never their secrets)");
     auto* cr = creds->add_subcommand("revoke", "Revoke an access key");
@@ -502,8 +501,9 @@ int main(int argc, char** argv) {
     invoke->add_option("--lineage-depth", invoke_depth, "Lineage depth of this call")
         ->capture_default_str();
     bool invoke_async = false;
-    invoke->add_flag("--async", invoke_async,
-                     "Queue the event in the store (store.state) for a server to run; print its id");
+    invoke->add_flag(
+        "--async", invoke_async,
+        "Queue the event in the store (store.state) for a server to run; print its id");
 
     std::string dl_config = "gatehouse.yaml";
     std::string dl_function;

@@ -184,8 +184,9 @@ void check_function_target(Decoded& d, const std::string& base, const Route& r,
     return;
   }
   const std::string source = "route:" + r.name;
-  const bool allowed = std::any_of(f.invokers.begin(), f.invokers.end(),
-                                   [&](const std::string& p) { return invoker_matches(p, source); });
+  const bool allowed = std::any_of(f.invokers.begin(), f.invokers.end(), [&](const std::string& p) {
+    return invoker_matches(p, source);
+  });
   if (!allowed) {
     d.diagnostics.add(d.position(path), path,
                       "function '" + printable(f.name) + "' does not list '" +
@@ -195,11 +196,22 @@ void check_function_target(Decoded& d, const std::string& base, const Route& r,
 
 // A function's runtime keys only make sense together.
 void check_function(Decoded& d, const std::string& base, const FunctionConfig& f) {
-  static constexpr std::array<std::string_view, 16> kRuntimeKeys{
-      "command",   "working_dir", "handler",        "env",           "memory_mb",
-      "timeout_s", "max_queue",   "idle_timeout_s", "max_pids",      "sandbox",
-      "role",      "invokers",    "reserved_concurrency", "policy", "init_timeout_s",
-      "async"};
+  static constexpr std::array<std::string_view, 16> kRuntimeKeys{"command",
+                                                                 "working_dir",
+                                                                 "handler",
+                                                                 "env",
+                                                                 "memory_mb",
+                                                                 "timeout_s",
+                                                                 "max_queue",
+                                                                 "idle_timeout_s",
+                                                                 "max_pids",
+                                                                 "sandbox",
+                                                                 "role",
+                                                                 "invokers",
+                                                                 "reserved_concurrency",
+                                                                 "policy",
+                                                                 "init_timeout_s",
+                                                                 "async"};
   if (f.runtime == FunctionRuntime::kNone) {
     if (d.position(base + ".runtime").line > 0) {
       return;  // an invalid runtime, already reported
@@ -584,10 +596,10 @@ void check_references(Decoded& d) {
     check_route_auth(d, base, r, pools);
     const std::string& function = r.target.function;
     if (!function.empty() && !functions.contains(function)) {
-      const std::string path = d.position(base + ".function").line > 0 ||
-                                       r.target.kind != Target::Kind::kFunction
-                                   ? base + ".function"
-                                   : base + ".target.function";
+      const std::string path =
+          d.position(base + ".function").line > 0 || r.target.kind != Target::Kind::kFunction
+              ? base + ".function"
+              : base + ".target.function";
       d.diagnostics.add(d.position(path), path,
                         "unknown function '" + printable(function) + "'" +
                             (function_names.empty() ? std::string(" (no functions are defined)")

@@ -180,28 +180,28 @@ struct FunctionConfig {
   std::vector<std::pair<std::string, std::string>> env;  // extra environment, at most 64;
                                                          // names [A-Za-z_][A-Za-z0-9_]*, not
                                                          // AWS_LAMBDA_* / _HANDLER (ours)
-  std::uint32_t memory_mb = 128;          // per worker process tree; 16..10240
-  std::uint32_t timeout_s = 3;            // per invocation, SIGKILL at the deadline; 1..900
+  std::uint32_t memory_mb = 128;                         // per worker process tree; 16..10240
+  std::uint32_t timeout_s = 3;              // per invocation, SIGKILL at the deadline; 1..900
   std::uint32_t reserved_concurrency = 10;  // most workers (processes) at once; 1..1000
-  std::uint32_t max_queue = 100;          // invocations waiting for a worker; 0..100000
-  std::uint32_t idle_timeout_s = 300;     // a warm worker idle this long is stopped; 1..86400
-  std::uint32_t max_pids = 64;            // tasks (processes + threads) per worker; 1..4096
-  std::uint32_t init_timeout_s = 10;      // a lambda worker must ask for work this soon after
-                                          // it starts, or its start failed; 1..900
+  std::uint32_t max_queue = 100;            // invocations waiting for a worker; 0..100000
+  std::uint32_t idle_timeout_s = 300;       // a warm worker idle this long is stopped; 1..86400
+  std::uint32_t max_pids = 64;              // tasks (processes + threads) per worker; 1..4096
+  std::uint32_t init_timeout_s = 10;        // a lambda worker must ask for work this soon after
+                                            // it starts, or its start failed; 1..900
   SandboxConfig sandbox;
   AsyncConfig async;
-  std::string role;                       // the role its invocations act as; "" = none
-  std::vector<std::string> invokers;      // shorthand for a resource policy (not with `policy`):
-                                          // "route:NAME", "trigger:NAME", "workflow:NAME",
-                                          // "principal:ARN"; a trailing '*' matches any suffix.
-                                          // Translated at load into `policy` (docs/policy.md)
-  bool invokers_set = false;              // `invokers` was given (even empty)
-  PolicyRef policy;                       // resource policy for lambda:InvokeFunction. None =
-                                          // every route that targets it, plus principals whose
-                                          // identity policies allow it (admin by default)
-  std::string arn;                        // arn:gatehouse:lambda:<region>:<account>:function:
-                                          // <name>, set at load
-  int line = 0;                           // 1-based line where it was declared, for messages
+  std::string role;                   // the role its invocations act as; "" = none
+  std::vector<std::string> invokers;  // shorthand for a resource policy (not with `policy`):
+                                      // "route:NAME", "trigger:NAME", "workflow:NAME",
+                                      // "principal:ARN"; a trailing '*' matches any suffix.
+                                      // Translated at load into `policy` (docs/policy.md)
+  bool invokers_set = false;          // `invokers` was given (even empty)
+  PolicyRef policy;                   // resource policy for lambda:InvokeFunction. None =
+                                      // every route that targets it, plus principals whose
+                                      // identity policies allow it (admin by default)
+  std::string arn;                    // arn:gatehouse:lambda:<region>:<account>:function:
+                                      // <name>, set at load
+  int line = 0;                       // 1-based line where it was declared, for messages
 };
 
 // The function runtime as a whole.

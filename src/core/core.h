@@ -15,26 +15,26 @@ namespace gatehouse::core {
 
 // One table maps each code to its HTTP status and its wire name (see error.cc).
 enum class ErrorCode : std::uint8_t {
-  kBadRequest,        // 400 BadRequest: malformed input
-  kInvalidArgument,   // 400 InvalidArgument: well-formed but unacceptable values
-  kUnauthenticated,   // 401 Unauthenticated
-  kForbidden,         // 403 Forbidden (identity known, policy refuses)
-  kNotFound,          // 404 NotFound (a resource)
-  kRouteNotFound,     // 404 RouteNotFound (no route matches the path)
-  kMethodNotAllowed,  // 405 MethodNotAllowed (path matches, method does not)
-  kRequestTimeout,    // 408 RequestTimeout (headers or body too slow)
-  kConflict,          // 409 Conflict / already exists
-  kLengthRequired,    // 411 LengthRequired
-  kPayloadTooLarge,   // 413 PayloadTooLarge
-  kHeaderTooLarge,    // 431 RequestHeaderFieldsTooLarge
-  kTooManyRequests,   // 429 TooManyRequests (generic throttle)
-  kInternal,          // 500 InternalError
-  kNotImplemented,    // 501 NotImplemented
-  kBadGateway,        // 502 BadGateway (upstream failed)
-  kUnavailable,       // 503 ServiceUnavailable (draining, overloaded)
-  kGatewayTimeout,    // 504 GatewayTimeout (upstream too slow)
-  kConfig,            // configuration invalid (startup / reload only)
-  kIo,                // filesystem / store failure
+  kBadRequest,           // 400 BadRequest: malformed input
+  kInvalidArgument,      // 400 InvalidArgument: well-formed but unacceptable values
+  kUnauthenticated,      // 401 Unauthenticated
+  kForbidden,            // 403 Forbidden (identity known, policy refuses)
+  kNotFound,             // 404 NotFound (a resource)
+  kRouteNotFound,        // 404 RouteNotFound (no route matches the path)
+  kMethodNotAllowed,     // 405 MethodNotAllowed (path matches, method does not)
+  kRequestTimeout,       // 408 RequestTimeout (headers or body too slow)
+  kConflict,             // 409 Conflict / already exists
+  kLengthRequired,       // 411 LengthRequired
+  kPayloadTooLarge,      // 413 PayloadTooLarge
+  kHeaderTooLarge,       // 431 RequestHeaderFieldsTooLarge
+  kTooManyRequests,      // 429 TooManyRequests (generic throttle)
+  kInternal,             // 500 InternalError
+  kNotImplemented,       // 501 NotImplemented
+  kBadGateway,           // 502 BadGateway (upstream failed)
+  kUnavailable,          // 503 ServiceUnavailable (draining, overloaded)
+  kGatewayTimeout,       // 504 GatewayTimeout (upstream too slow)
+  kConfig,               // configuration invalid (startup / reload only)
+  kIo,                   // filesystem / store failure
   kFunctionError,        // 502 FunctionError (a function failed, crashed or ran out of memory)
   kFunctionTimedOut,     // 504 FunctionTimedOut (killed at its deadline: Task.TimedOut)
   kConcurrencyLimit,     // 429 ConcurrencyLimit (a function's workers and queue are full)

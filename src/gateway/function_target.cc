@@ -22,7 +22,11 @@ bool valid_utf8_text(std::string_view s) {
     if (c == 0) {
       return false;
     }
-    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    std::size_t len = c < 0x80           ? 1
+                      : (c >> 5) == 0x6  ? 2
+                      : (c >> 4) == 0xe  ? 3
+                      : (c >> 3) == 0x1e ? 4
+                                         : 0;
     if (len == 0 || i + len > s.size()) {
       return false;
     }
@@ -88,9 +92,9 @@ Query parse_query(std::string_view q) {
       continue;
     }
     const auto eq = part.find('=');
-    out.items.emplace_back(percent_decode(part.substr(0, eq)),
-                           eq == std::string_view::npos ? std::string()
-                                                        : percent_decode(part.substr(eq + 1)));
+    out.items.emplace_back(
+        percent_decode(part.substr(0, eq)),
+        eq == std::string_view::npos ? std::string() : percent_decode(part.substr(eq + 1)));
   }
   return out;
 }
@@ -320,8 +324,8 @@ std::string event_v1(const http::Request& req, const EventContext& ctx) {
 // Headers a function may not set: the gateway frames the response itself.
 bool reserved_response_header(std::string_view name) {
   static constexpr std::string_view kReserved[] = {
-      "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-      "te",             "trailer",           "x-request-id", "date"};
+      "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+      "trailer",        "x-request-id",      "date"};
   return std::any_of(std::begin(kReserved), std::end(kReserved), [&](std::string_view r) {
     return name.size() == r.size() && ::strncasecmp(name.data(), r.data(), r.size()) == 0;
   });
@@ -337,9 +341,9 @@ bool header_name_ok(std::string_view s) {
 
 bool header_value_ok(std::string_view s) {
   return s.size() <= 8192 && std::none_of(s.begin(), s.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return (u < 0x20 && c != '\t') || u == 0x7f;
-  });
+           const auto u = static_cast<unsigned char>(c);
+           return (u < 0x20 && c != '\t') || u == 0x7f;
+         });
 }
 
 // Text of a JSON scalar as API Gateway renders header values ("5", "true", "x").
@@ -411,9 +415,8 @@ FunctionHttpResponse map_result(config::PayloadFormat format, std::string_view r
     status = static_cast<std::int64_t>(std::min<std::uint64_t>(sc.get_uint64(), 1000));
   } else if (sc.is_string()) {
     const auto s = sc.get_string();
-    status = s.size() == 3 && std::all_of(s.begin(), s.end(), [](char c) {
-               return c >= '0' && c <= '9';
-             })
+    status = s.size() == 3 &&
+                     std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })
                  ? std::stoi(std::string(s))
                  : 0;
   }

@@ -53,7 +53,7 @@ struct Snapshot {
   config::Config config;
   std::unique_ptr<http::Router> router;
   std::shared_ptr<const LimitTable> limits;
-  std::shared_ptr<const AuthzTable> authz;  // shares the policies of `config`
+  std::shared_ptr<const AuthzTable> authz;           // shares the policies of `config`
   std::shared_ptr<const CompiledIdentity> identity;  // JWT rules, user pool endpoints
   std::vector<RouteEntry> routes;
   steady_clock::time_point loaded_at = steady_clock::now();
@@ -316,8 +316,8 @@ class Pipeline final : public http::Handler {
   GatewayImpl& gw_;
   struct alignas(64) PerWorker {
     std::shared_ptr<const Snapshot> snap;
-    std::deque<Waiter> waiting;                 // oldest first
-    std::unique_ptr<net::steady_timer> retry;   // created on first use
+    std::deque<Waiter> waiting;                // oldest first
+    std::unique_ptr<net::steady_timer> retry;  // created on first use
     bool retry_armed = false;
     bool retry_posted = false;
   };
@@ -423,9 +423,10 @@ class GatewayImpl final : public Gateway {
     if (!l) {
       return l;
     }
-    if (auto s = sigv4_->start(snapshot_->config, [this](std::function<void(unsigned)> fn) {
-          server_->run_on_all_workers(std::move(fn));
-        });
+    if (auto s = sigv4_->start(snapshot_->config,
+                               [this](std::function<void(unsigned)> fn) {
+                                 server_->run_on_all_workers(std::move(fn));
+                               });
         !s) {
       return s;
     }
@@ -537,10 +538,10 @@ class GatewayImpl final : public Gateway {
       return;
     }
     server_->drain_and_stop(snapshot_->config.server.shutdown_grace);
-    async_->stop();    // leases nothing more; what it runs is answered by the runtime's stop
-    runtime_->stop();  // after the drain: invocations in flight had the grace period to finish
+    async_->stop();     // leases nothing more; what it runs is answered by the runtime's stop
+    runtime_->stop();   // after the drain: invocations in flight had the grace period to finish
     identity_->stop();  // hashing work in flight finishes; its replies go nowhere now
-    limiter_->stop();  // writes the last quota counts
+    limiter_->stop();   // writes the last quota counts
     sigv4_->stop();
     spdlog::info("stopped");
     if (access_) {
@@ -688,11 +689,11 @@ class GatewayImpl final : public Gateway {
           std::string stage(x.get_string());
           const bool known = std::any_of(snap->config.stages.begin(), snap->config.stages.end(),
                                          [&](const config::Stage& s) { return s.name == stage; });
-          const bool in_plan = p->stages.empty() ||
-                               std::find(p->stages.begin(), p->stages.end(), stage) != p->stages.end();
+          const bool in_plan = p->stages.empty() || std::find(p->stages.begin(), p->stages.end(),
+                                                              stage) != p->stages.end();
           if (!known || !in_plan) {
-            return tl::unexpected(AdminReply{400, "InvalidArgument",
-                                             "plan '" + out.plan + "' has no stage '" + stage + "'"});
+            return tl::unexpected(AdminReply{
+                400, "InvalidArgument", "plan '" + out.plan + "' has no stage '" + stage + "'"});
           }
           out.stages.push_back(std::move(stage));
         }
@@ -799,18 +800,19 @@ class GatewayImpl final : public Gateway {
 
   // Worker thread of `ex`: queues an asynchronous invocation, then calls `write(result)` back on
   // that worker once the event is durable (or refused) and resumes the exchange.
-  void submit_async(http::Exchange& ex, runtime::Invocation inv,
-                    std::function<void(http::Exchange&, core::Result<runtime::AcceptedEvent>)> write) {
+  void submit_async(
+      http::Exchange& ex, runtime::Invocation inv,
+      std::function<void(http::Exchange&, core::Result<runtime::AcceptedEvent>)> write) {
     auto* ioc = static_cast<net::io_context*>(ex.io_context());
-    async_->submit(std::move(inv), [ioc, &ex, token = ex.keep_alive_token(),
-                                    write = std::move(write)](
-                                       core::Result<runtime::AcceptedEvent> r) mutable {
-      net::post(*ioc, [&ex, token = std::move(token), write = std::move(write),
-                       r = std::move(r)]() mutable {
-        write(ex, std::move(r));
-        ex.resume();
-      });
-    });
+    async_->submit(std::move(inv),
+                   [ioc, &ex, token = ex.keep_alive_token(),
+                    write = std::move(write)](core::Result<runtime::AcceptedEvent> r) mutable {
+                     net::post(*ioc, [&ex, token = std::move(token), write = std::move(write),
+                                      r = std::move(r)]() mutable {
+                       write(ex, std::move(r));
+                       ex.resume();
+                     });
+                   });
   }
 
   // GET /functions/{name}/dead-letters and POST /functions/{name}/dead-letters/{id}/replay.
@@ -906,9 +908,9 @@ class GatewayImpl final : public Gateway {
   Throttle* throttle_ = nullptr;
   Guard* guard_ = nullptr;
   mutable Metrics metrics_;
-  std::unique_ptr<runtime::Runtime> runtime_;  // reset in the destructor before server_
+  std::unique_ptr<runtime::Runtime> runtime_;     // reset in the destructor before server_
   std::unique_ptr<runtime::AsyncInvoker> async_;  // borrows store_ and runtime_; reset first
-  std::unique_ptr<http::Server> server_;  // declared before proxy_: destroyed after it
+  std::unique_ptr<http::Server> server_;          // declared before proxy_: destroyed after it
   Proxy proxy_;
   Pipeline pipeline_;
   std::shared_ptr<spdlog::logger> access_;
@@ -1152,24 +1154,25 @@ void write_invoke_error(http::Exchange& ex, const runtime::InvokeResult& r, bool
   const int status = core::http_status(r.code);
   // The function's policy refused the caller: the same code as a route's refusal.
   const bool denied = r.code == core::ErrorCode::kForbidden;
-  const std::string_view code = denied ? std::string_view("AccessDenied") : core::error_name(r.code);
+  const std::string_view code =
+      denied ? std::string_view("AccessDenied") : core::error_name(r.code);
   if (denied) {
     metrics.refusal(ex.worker(), code);
   }
   std::string message = r.message;
   if (r.code == core::ErrorCode::kFunctionError) {
-    message = detailed ? r.error_type + ": " + r.message
-                       : "the function failed (" + r.error_type + ")";
+    message =
+        detailed ? r.error_type + ": " + r.message : "the function failed (" + r.error_type + ")";
   }
   std::string extra;
   if (r.code == core::ErrorCode::kConcurrencyLimit ||
       r.code == core::ErrorCode::kTooManyRequests) {  // async.max_depth
     extra = "Retry-After: 1\r\n";
   }
-  if (!r.error_type.empty() && (r.code == core::ErrorCode::kFunctionError ||
-                                r.code == core::ErrorCode::kFunctionTimedOut)) {
-    extra += "X-Amz-Function-Error: " + (detailed ? r.error_type : std::string("Unhandled")) +
-             "\r\n";
+  if (!r.error_type.empty() &&
+      (r.code == core::ErrorCode::kFunctionError || r.code == core::ErrorCode::kFunctionTimedOut)) {
+    extra +=
+        "X-Amz-Function-Error: " + (detailed ? r.error_type : std::string("Unhandled")) + "\r\n";
   }
   http::write_error(ex.out(), status, code, message, ex.request_id(), ex.keep_alive(), extra);
   ex.set_status(status);
@@ -1187,7 +1190,7 @@ http::Step Pipeline::invoke_route_function(http::Exchange& ex, Conn& c) {
     route_key += m == "ANY" ? "$default" : m;
   }
   route_key = route.methods.size() == 1 && route.methods[0] == "ANY" ? "ANY " + route.path
-                                                                      : route_key + " " + route.path;
+                                                                     : route_key + " " + route.path;
   runtime::Invocation inv;
   inv.function = route.target.function;
   inv.caller = route_caller(c.ctx, *c.snapshot);
@@ -1254,31 +1257,32 @@ http::Step Pipeline::admin_invoke(http::Exchange& ex, Conn& c, std::string_view 
   // Lambda's Invoke API: X-Amz-Invocation-Type Event queues the event durably and answers 202.
   const std::string_view type = req.header("x-amz-invocation-type");
   if (iequals(type, "Event")) {
-    gw_.submit_async(ex, std::move(inv),
-                     [this](http::Exchange& x, core::Result<runtime::AcceptedEvent> r) {
-                       if (!r) {  // refused as a synchronous call would be, or not written
-                         runtime::InvokeResult refused;
-                         refused.code = r.error().code;
-                         refused.message = std::move(r.error().message);
-                         write_invoke_error(x, refused, true, gw_.metrics());
-                         return;
-                       }
-                       std::string body = "{\"event_id\":\"" + r->event_id +
-                                          "\",\"message_id\":" +
-                                          std::to_string(r->message_id) + "}";
-                       http::ResponseWriter w(x.out());
-                       w.start(202, x.request_id(), x.keep_alive());
-                       w.header("Cache-Control", "no-store");
-                       w.header("X-Amz-Request-Id", r->event_id);
-                       w.body("application/json", body);
-                       x.set_status(202);
-                     });
+    gw_.submit_async(
+        ex, std::move(inv), [this](http::Exchange& x, core::Result<runtime::AcceptedEvent> r) {
+          if (!r) {  // refused as a synchronous call would be, or not written
+            runtime::InvokeResult refused;
+            refused.code = r.error().code;
+            refused.message = std::move(r.error().message);
+            write_invoke_error(x, refused, true, gw_.metrics());
+            return;
+          }
+          std::string body = "{\"event_id\":\"" + r->event_id +
+                             "\",\"message_id\":" + std::to_string(r->message_id) + "}";
+          http::ResponseWriter w(x.out());
+          w.start(202, x.request_id(), x.keep_alive());
+          w.header("Cache-Control", "no-store");
+          w.header("X-Amz-Request-Id", r->event_id);
+          w.body("application/json", body);
+          x.set_status(202);
+        });
     return http::Step::kPending;
   }
   if (!type.empty() && !iequals(type, "RequestResponse")) {
     return refuse(ex, c,
-                  Refusal{400, "InvalidParameterValue",
-                          "X-Amz-Invocation-Type must be RequestResponse or Event", {}});
+                  Refusal{400,
+                          "InvalidParameterValue",
+                          "X-Amz-Invocation-Type must be RequestResponse or Event",
+                          {}});
   }
   gw_.invoke(ex, std::move(inv), [this](http::Exchange& x, runtime::InvokeResult r) {
     if (!r.ok) {
@@ -1528,21 +1532,18 @@ http::Step Pipeline::builtin(http::Exchange& ex, Conn& c) {
       if (blocking) {
         auto* ioc = static_cast<net::io_context*>(ex.io_context());
         auto token = ex.keep_alive_token();
-        gw_.run_blocking(
-            *ioc, std::move(blocking),
-            [&ex, token](GatewayImpl::AdminReply r) {
-              if (r.status < 400) {
-                http::ResponseWriter rw(ex.out());
-                rw.start(r.status, ex.request_id(), ex.keep_alive());
-                rw.header("Cache-Control", "no-store");
-                rw.body("application/json", r.body);
-              } else {
-                http::write_error(ex.out(), r.status, r.code, r.body, ex.request_id(),
-                                  ex.keep_alive());
-              }
-              ex.set_status(r.status);
-              ex.resume();
-            });
+        gw_.run_blocking(*ioc, std::move(blocking), [&ex, token](GatewayImpl::AdminReply r) {
+          if (r.status < 400) {
+            http::ResponseWriter rw(ex.out());
+            rw.start(r.status, ex.request_id(), ex.keep_alive());
+            rw.header("Cache-Control", "no-store");
+            rw.body("application/json", r.body);
+          } else {
+            http::write_error(ex.out(), r.status, r.code, r.body, ex.request_id(), ex.keep_alive());
+          }
+          ex.set_status(r.status);
+          ex.resume();
+        });
         return http::Step::kPending;
       }
       if (req.method == "POST" && sub.starts_with(kFunctions) && sub.ends_with(kInvoke) &&
