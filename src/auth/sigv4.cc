@@ -37,19 +37,7 @@ bool is_lower_hex(std::string_view s) {
                      [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
-char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
+using core::iequals;
 
 bool istarts_with(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
@@ -712,7 +700,7 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
       std::array<char, 256> buf;
       const std::size_t len = std::min(h.name.size(), buf.size());
       std::transform(h.name.begin(), h.name.begin() + static_cast<std::ptrdiff_t>(len), buf.begin(),
-                     lower);
+                     core::ascii_lower);
       const std::string_view n(buf.data(), len);
       if (h.name.size() > buf.size() || !std::binary_search(names.begin(), names.end(), n)) {
         return make_error(malformed,
@@ -794,7 +782,7 @@ core::Result<void> SigV4Verifier::begin(const SigV4Request& req, const Credentia
     if (st.mode == PayloadMode::kStreamingUnsignedTrailer) {
       const std::string_view tr = trim(header(req, "x-amz-trailer"));
       std::string n(tr);
-      std::transform(n.begin(), n.end(), n.begin(), lower);
+      std::transform(n.begin(), n.end(), n.begin(), core::ascii_lower);
       if (n != "x-amz-checksum-crc32" && n != "x-amz-checksum-crc32c" &&
           n != "x-amz-checksum-sha1" && n != "x-amz-checksum-sha256") {
         return make_error(ErrorCode::kInvalidArgument,
@@ -1048,7 +1036,7 @@ core::Result<void> ChunkDecoder::feed(std::string_view bytes, std::string& out) 
           }
           const std::size_t colon = line_.find(':');
           std::string name = line_.substr(0, colon);
-          std::transform(name.begin(), name.end(), name.begin(), lower);
+          std::transform(name.begin(), name.end(), name.begin(), core::ascii_lower);
           if (colon == std::string::npos || (name != st_.trailer && name.rfind("x-amz-", 0) != 0)) {
             return make_error(ErrorCode::kInvalidChunk, "malformed aws-chunked trailer");
           }

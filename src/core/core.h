@@ -126,6 +126,23 @@ void sha256(std::string_view data, std::array<unsigned char, 32>& out) noexcept;
 // Writes the decimal form of `v` into `out` (at least 20 bytes); returns the length.
 std::size_t format_uint(char* out, std::uint64_t v) noexcept;
 
+// ASCII case folding and case-insensitive equality: HTTP header names and methods, auth schemes,
+// IAM condition keys. Byte-exact otherwise (no locale, NUL compared like any byte).
+[[nodiscard]] constexpr char ascii_lower(char c) noexcept {
+  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+}
+[[nodiscard]] constexpr bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // The value of hex digit `c` (either case), or -1 when `c` is not one.
 [[nodiscard]] constexpr int hex_value(char c) noexcept {
   if (c >= '0' && c <= '9') {

@@ -5,7 +5,6 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
-#include <strings.h>
 
 #include <atomic>
 #include <boost/asio/io_context.hpp>
@@ -65,9 +64,7 @@ namespace {
 // Most dead letters one GET /admin/functions/{name}/dead-letters lists.
 constexpr std::size_t kMaxDeadLettersListed = 1000;
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
-}
+using core::iequals;
 
 // True if a segment of `path` is "." or ".." (also percent-encoded: %2e). Such paths are refused
 // rather than normalised: an upstream that normalises them could be reached outside the route's

@@ -5,7 +5,6 @@
 #include <netdb.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -88,9 +87,7 @@ constexpr std::string_view kInvalidToken =
 constexpr std::string_view kInsufficient =
     "WWW-Authenticate: Bearer realm=\"gatehouse\", error=\"insufficient_scope\"\r\n";
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
-}
+using core::iequals;
 
 // The token of an "Authorization: Bearer <token>" header, or "" when there is none.
 std::string_view bearer(const http::Request& req) {

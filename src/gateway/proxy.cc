@@ -1,7 +1,5 @@
 #include "gateway/proxy.h"
 
-#include <strings.h>
-
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -21,9 +19,7 @@ namespace {
 
 constexpr std::size_t kReadChunk = 16 * 1024;
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
-}
+using core::iequals;
 
 // Hop-by-hop headers (RFC 9110 7.6.1) and the ones the proxy sets itself.
 bool skip_request_header(std::string_view name) {

@@ -1,4 +1,3 @@
-#include <strings.h>
 
 #include <ctime>
 
@@ -14,9 +13,7 @@ namespace {
 thread_local char t_date[64];
 thread_local std::size_t t_date_len = 0;
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
-}
+using core::iequals;
 
 }  // namespace
 

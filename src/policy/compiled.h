@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/core.h"
 #include "policy/policy.h"
 
 namespace gatehouse::policy::detail {
@@ -39,7 +40,7 @@ void normalize_partition(std::string& arn);
 // The account component of an ARN ("" if not ARN-shaped).
 [[nodiscard]] std::string_view arn_account(std::string_view arn) noexcept;
 
-[[nodiscard]] bool iequals(std::string_view a, std::string_view b) noexcept;
+using core::iequals;  // ASCII case-insensitive (core/core.h)
 void lower_ascii(std::string& s) noexcept;
 
 // An IPv4 or IPv6 network (an address is a /32 or /128).

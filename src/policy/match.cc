@@ -15,10 +15,6 @@ namespace {
 constexpr std::string_view kAwsPrefix = "arn:aws:";
 constexpr std::string_view kGatehousePrefix = "arn:gatehouse:";
 
-char lower(char c) noexcept {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
 // Splits an ARN into its six components (the last one, the resource, may hold more colons).
 // False when `arn` has fewer than five colons or does not start with "arn".
 bool split_arn(std::string_view arn, std::array<std::string_view, 6>& parts) noexcept {
@@ -183,7 +179,7 @@ bool glob_match(std::string_view pattern, std::string_view subject, bool fold) n
         pc = pattern[p + 1];
         width = 2;
       }
-      const char sc = fold ? lower(subject[s]) : subject[s];
+      const char sc = fold ? core::ascii_lower(subject[s]) : subject[s];
       if (any || pc == sc) {
         p += width;
         ++s;
@@ -263,21 +259,9 @@ std::string_view arn_account(std::string_view arn) noexcept {
   return parts[4];
 }
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
-
 void lower_ascii(std::string& s) noexcept {
   for (char& c : s) {
-    c = lower(c);
+    c = core::ascii_lower(c);
   }
 }
 
