@@ -74,14 +74,6 @@ if [[ " $SERVERS " == *" nginx "* && ! -x $NGINX_BIN ]]; then
   die "nginx not found ($NGINX_BIN): run \`make setup\` (installs nginx-light) or set NGINX_BIN"
 fi
 [[ -r $NGINX_CONF_TEMPLATE ]] || die "missing $NGINX_CONF_TEMPLATE"
-for tool in wrk taskset timeout curl getconf awk sort; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found: run \`make setup\` (installs wrk, curl, procps)"
-done
-if ! taskset -c "$SERVER_CPU" true 2>/dev/null || ! taskset -c "$CLIENT_CPU" true 2>/dev/null; then
-  die "cannot pin to CPUs $SERVER_CPU and $CLIENT_CPU (this machine has $(nproc) CPU(s)); set SERVER_CPU/CLIENT_CPU"
-fi
-[[ $SERVER_CPU != "$CLIENT_CPU" ]] || log "warning: server and wrk share CPU $SERVER_CPU; figures will not be comparable"
-CLK_TCK=$(getconf CLK_TCK)
 
 # ---- process bookkeeping ----------------------------------------------------------------------
 
@@ -90,6 +82,7 @@ STARTED=()  # every pid this script started (servers, nginx workers, wrk)
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"  # stop_pids, cleanup traps, forget_pid, cpu_ticks, ...
+check_bench_host wrk taskset timeout curl getconf awk sort
 
 free_port() {
   if command -v python3 >/dev/null 2>&1; then

@@ -1,6 +1,20 @@
 # Shared by the wrk benchmarks (gateway.sh, limits.sh, invoke.sh). Source it after setting TMP (a scratch
 # directory removed on exit unless KEEP_TMP=1) and STARTED (an array of pids to stop on exit), and
-# after defining log(). It installs the EXIT/INT/TERM traps.
+# after defining log() and die(). It installs the EXIT/INT/TERM traps.
+
+# Dies unless every tool named is on PATH and SERVER_CPU and CLIENT_CPU can be pinned (warns when
+# they are the same CPU); sets CLK_TCK.
+check_bench_host() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found: run \`make setup\` (installs wrk, curl, procps, python3)"
+  done
+  if ! taskset -c "$SERVER_CPU" true 2>/dev/null || ! taskset -c "$CLIENT_CPU" true 2>/dev/null; then
+    die "cannot pin to CPUs $SERVER_CPU and $CLIENT_CPU (this machine has $(nproc) CPU(s)); set SERVER_CPU/CLIENT_CPU"
+  fi
+  [[ $SERVER_CPU != "$CLIENT_CPU" ]] || log "warning: servers and wrk share CPU $SERVER_CPU; figures will not be comparable"
+  CLK_TCK=$(getconf CLK_TCK)
+}
 
 stop_pids() {
   local pid i alive

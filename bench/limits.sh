@@ -107,14 +107,6 @@ fi
 for f in "$UPSTREAM_CONF" "$NGINX_CONF_TEMPLATE" "$HAPROXY_CONF_TEMPLATE"; do
   [[ -r $f ]] || die "missing $f"
 done
-for tool in wrk taskset timeout curl getconf awk sort xargs python3; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found: run \`make setup\` (installs wrk, curl, procps, python3)"
-done
-if ! taskset -c "$SERVER_CPU" true 2>/dev/null || ! taskset -c "$CLIENT_CPU" true 2>/dev/null; then
-  die "cannot pin to CPUs $SERVER_CPU and $CLIENT_CPU (this machine has $(nproc) CPU(s)); set SERVER_CPU/CLIENT_CPU"
-fi
-[[ $SERVER_CPU != "$CLIENT_CPU" ]] || log "warning: servers and wrk share CPU $SERVER_CPU; figures will not be comparable"
-CLK_TCK=$(getconf CLK_TCK)
 
 # ---- process bookkeeping ----------------------------------------------------------------------
 
@@ -123,6 +115,7 @@ STARTED=()  # every pid this script started (servers, nginx workers, wrk)
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"  # stop_pids, cleanup traps, forget_pid, cpu_ticks, ...
+check_bench_host wrk taskset timeout curl getconf awk sort xargs python3
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
