@@ -76,6 +76,14 @@ bool parse_hex_id(std::string_view id_hex, std::uint64_t& id) noexcept {
   return bad == 0;
 }
 
+void format_hex_id(std::uint64_t id, char* out) noexcept {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  for (std::size_t i = kIdLen; i-- > 0;) {
+    out[i] = kDigits[id & 15];
+    id >>= 4;
+  }
+}
+
 bool parse_key_id(std::string_view presented, std::uint64_t& id) noexcept {
   if (presented.size() != kPrefix.size() + kIdLen + 1 + kSecretLen ||
       presented.substr(0, kPrefix.size()) != kPrefix || presented[kPrefix.size() + kIdLen] != '_') {

@@ -85,12 +85,17 @@ class KeyRegistry {
 // chosen by clients, so the probe sequence must not be predictable).
 [[nodiscard]] std::uint64_t key_slot_hash(std::uint64_t id) noexcept;
 
+// A key id as its 16 lowercase hex digits (the inverse of parse_hex_id); writes exactly 16 chars.
+void format_hex_id(std::uint64_t id, char* out) noexcept;
+
 // Immutable index: id → entry. T is what the gateway attaches to each key (its limiter state).
 // Thread-safe to share (read-only) once built.
 //
-// Lookups touch one cache line for the id and digest (an open-addressed table of 64-byte
-// slots), then the entry itself: with many keys the index stays cheap because a verification
-// does not chase strings on the heap.
+// A verification touches one cache line of the index: an open-addressed table of 64-byte slots,
+// each holding the id, the digest, the key's T* and a 32-bit tag the owner chose when adding it.
+// What the hot path needs (the state, the id, the tag) comes back from that slot, so with many
+// keys a verification does not touch the entry (the full record and its strings) at all. The
+// slot is prefetched before the presented key is hashed, so its cache miss overlaps the hash.
 template <class T>
 class KeyIndex {
  public:
@@ -98,13 +103,22 @@ class KeyIndex {
     ApiKey key;
     T* state = nullptr;  // owned elsewhere; outlives the index
   };
+  // What verify() found. `entry` is nullptr when nothing was; reading *entry costs a cache line
+  // or more, the other fields come from the slot.
+  struct Match {
+    const Entry* entry = nullptr;
+    T* state = nullptr;
+    std::uint64_t id = 0;   // the key id as a number (format_hex_id gives back its text)
+    std::uint32_t tag = 0;  // as given to add()
+    explicit operator bool() const noexcept { return entry != nullptr; }
+  };
 
   // Revoked or malformed records are kept out of the table (verify() never finds them).
-  void add(ApiKey key, T* state);
+  void add(ApiKey key, T* state, std::uint32_t tag = 0);
 
-  // The entry for a presented key, or nullptr when it is malformed, unknown or revoked. The
-  // digest comparison is constant-time; the id lookup is not secret.
-  [[nodiscard]] const Entry* verify(std::string_view presented) const;
+  // The match for a presented key; empty when it is malformed, unknown or revoked. The digest
+  // comparison is constant-time; the id lookup is not secret.
+  [[nodiscard]] Match verify(std::string_view presented) const;
 
   [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
 
@@ -112,11 +126,14 @@ class KeyIndex {
   struct alignas(64) Slot {
     std::uint64_t id = 0;
     std::uint32_t entry = kEmpty;  // index into entries_
+    std::uint32_t tag = 0;
+    T* state = nullptr;
     std::array<unsigned char, 32> digest{};
   };
+  static_assert(sizeof(Slot) == 64);
   static constexpr std::uint32_t kEmpty = 0xffffffffu;
 
-  void insert(std::uint64_t id, std::uint32_t entry, const std::array<unsigned char, 32>& digest);
+  void insert(const Slot& slot);
   void grow();
 
   std::vector<Entry> entries_;
@@ -125,11 +142,10 @@ class KeyIndex {
 };
 
 template <class T>
-void KeyIndex<T>::add(ApiKey key, T* state) {
-  std::uint64_t id = 0;
-  std::array<unsigned char, 32> digest{};
+void KeyIndex<T>::add(ApiKey key, T* state, std::uint32_t tag) {
+  Slot slot;
   const bool indexable =
-      !key.revoked && parse_hex_id(key.id, id) && parse_key_hash(key.hash, digest);
+      !key.revoked && parse_hex_id(key.id, slot.id) && parse_key_hash(key.hash, slot.digest);
   entries_.push_back(Entry{std::move(key), state});
   if (!indexable) {
     return;
@@ -137,23 +153,24 @@ void KeyIndex<T>::add(ApiKey key, T* state) {
   if ((used_ + 1) * 2 > slots_.size()) {
     grow();
   }
-  insert(id, static_cast<std::uint32_t>(entries_.size() - 1), digest);
+  slot.entry = static_cast<std::uint32_t>(entries_.size() - 1);
+  slot.tag = tag;
+  slot.state = state;
+  insert(slot);
 }
 
 template <class T>
-void KeyIndex<T>::insert(std::uint64_t id, std::uint32_t entry,
-                         const std::array<unsigned char, 32>& digest) {
+void KeyIndex<T>::insert(const Slot& slot) {
   const std::size_t mask = slots_.size() - 1;
-  for (std::size_t i = key_slot_hash(id) & mask;; i = (i + 1) & mask) {
+  for (std::size_t i = key_slot_hash(slot.id) & mask;; i = (i + 1) & mask) {
     Slot& s = slots_[i];
     if (s.entry == kEmpty) {
-      s = Slot{id, entry, digest};
+      s = slot;
       ++used_;
       return;
     }
-    if (s.id == id) {  // a duplicate id (cannot happen: ids are unique in the store)
-      s.entry = entry;
-      s.digest = digest;
+    if (s.id == slot.id) {  // a duplicate id (cannot happen: ids are unique in the store)
+      s = slot;
       return;
     }
   }
@@ -166,32 +183,34 @@ void KeyIndex<T>::grow() {
   used_ = 0;
   for (const Slot& s : old) {
     if (s.entry != kEmpty) {
-      insert(s.id, s.entry, s.digest);
+      insert(s);
     }
   }
 }
 
 template <class T>
-const typename KeyIndex<T>::Entry* KeyIndex<T>::verify(std::string_view presented) const {
+typename KeyIndex<T>::Match KeyIndex<T>::verify(std::string_view presented) const {
   std::uint64_t id = 0;
   if (slots_.empty() || !parse_key_id(presented, id)) {
-    return nullptr;
+    return {};
   }
   const std::size_t mask = slots_.size() - 1;
-  for (std::size_t i = key_slot_hash(id) & mask;; i = (i + 1) & mask) {
+  std::size_t i = key_slot_hash(id) & mask;
+  __builtin_prefetch(&slots_[i]);
+  std::array<unsigned char, 32> digest;
+  core::sha256(presented, digest);
+  for (;; i = (i + 1) & mask) {
     const Slot& s = slots_[i];
     if (s.entry == kEmpty) {
-      return nullptr;  // the table is at most half full: a miss ends at an empty slot
+      return {};  // the table is at most half full: a miss ends at an empty slot
     }
     if (s.id == id) {
-      std::array<unsigned char, 32> digest;
-      core::sha256(presented, digest);
       if (!core::constant_time_equal(
               std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()),
               std::string_view(reinterpret_cast<const char*>(s.digest.data()), s.digest.size()))) {
-        return nullptr;
+        return {};
       }
-      return &entries_[s.entry];
+      return Match{&entries_[s.entry], s.state, s.id, s.tag};
     }
   }
 }

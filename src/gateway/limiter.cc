@@ -192,6 +192,13 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
     }
     t->plans.emplace(p.name, std::move(cp));
   }
+  for (const auto& [name, cp] : t->plans) {
+    const std::uint32_t id = plan_id(name);
+    if (id >= t->plan_by_id.size()) {
+      t->plan_by_id.resize(id + 1, nullptr);
+    }
+    t->plan_by_id[id] = &cp;
+  }
   t->key_header = c.api_keys.header;
   t->key_arn_prefix = policy::api_key_arn(c.account_id, "");
   return std::shared_ptr<const LimitTable>(t);
@@ -210,6 +217,12 @@ KeyState* Limiter::key_state(const std::string& id) {
   return p.get();
 }
 
+std::uint32_t Limiter::plan_id(const std::string& name) {
+  const auto [it, added] =
+      plan_ids_.try_emplace(name, static_cast<std::uint32_t>(plan_ids_.size()));
+  return it->second;
+}
+
 core::Result<std::shared_ptr<const KeyTable>> Limiter::load_keys() {
   auto version = registry_.version();
   if (!version) {
@@ -220,6 +233,12 @@ core::Result<std::shared_ptr<const KeyTable>> Limiter::load_keys() {
     return tl::unexpected(all.error());
   }
   auto quotas = store_.scan(kQuotaTable, "", std::numeric_limits<std::size_t>::max());
+  std::unordered_map<std::string_view, std::string_view> persisted;  // key id -> "start:used"
+  if (quotas) {
+    for (const auto& [id, value] : *quotas) {
+      persisted.emplace(id, value);
+    }
+  }
   auto table = std::make_shared<KeyTable>();
   std::lock_guard lock(mu_);
   const limits::Nanos now = wall_ns(clock_);
@@ -235,24 +254,23 @@ core::Result<std::shared_ptr<const KeyTable>> Limiter::load_keys() {
       }
     }
     st->plan_name = k.plan;
-    if (fresh && quotas && table_) {
+    if (fresh && table_) {
       // Restore the persisted count of the current period (an older period is ignored).
-      for (const auto& [id, value] : *quotas) {
-        if (id != k.id) {
-          continue;
-        }
+      const auto q = persisted.find(k.id);
+      const auto plan = table_->plans.find(k.plan);
+      if (q != persisted.end() && plan != table_->plans.end() && plan->second.has_quota) {
+        const std::string_view value = q->second;
         const auto colon = value.find(':');
-        const auto plan = table_->plans.find(k.plan);
-        if (colon == std::string::npos || plan == table_->plans.end() || !plan->second.has_quota) {
-          continue;
+        if (colon != std::string_view::npos) {
+          limits::QuotaSnapshot s{std::stoll(std::string(value.substr(0, colon))),
+                                  std::stoull(std::string(value.substr(colon + 1)))};
+          limits::quota_restore(plan->second.quota, st->quota, s, now);
+          st->flushed = s;
         }
-        limits::QuotaSnapshot s{std::stoll(value.substr(0, colon)),
-                                std::stoull(value.substr(colon + 1))};
-        limits::quota_restore(plan->second.quota, st->quota, s, now);
-        st->flushed = s;
       }
     }
-    table->add(std::move(k), st);
+    const std::uint32_t tag = plan_id(k.plan) | (k.stages.empty() ? 0 : kKeyHasStages);
+    table->add(std::move(k), st, tag);
   }
   keys_version_ = *version;
   return std::shared_ptr<const KeyTable>(table);
@@ -378,35 +396,40 @@ Verdict Limiter::authenticate(RequestContext& ctx, Refusal& out) {
     return Verdict::kContinue;
   }
   const KeyTable* keys = keys_[ctx.worker].table.get();
-  const auto* entry = keys != nullptr ? keys->verify(presented) : nullptr;
-  if (entry == nullptr) {
+  const KeyTable::Match m = keys != nullptr ? keys->verify(presented) : KeyTable::Match{};
+  if (!m) {
     out = Refusal{403, "ApiKeyInvalid", "unknown or revoked API key", {}};
     return Verdict::kRefuse;
   }
-  const auto plan = t->plans.find(entry->key.plan);
-  if (plan == t->plans.end()) {
+  // Everything below comes from the key's slot and the table: the key's record is read only for
+  // a key restricted to stages of its own.
+  const std::uint32_t plan_id = m.tag & ~kKeyHasStages;
+  const CompiledPlan* p = plan_id < t->plan_by_id.size() ? t->plan_by_id[plan_id] : nullptr;
+  if (p == nullptr) {
     out = Refusal{403, "ApiKeyNotAuthorized", "the key's usage plan does not exist", {}};
     return Verdict::kRefuse;
   }
-  const CompiledPlan& p = plan->second;
+  __builtin_prefetch(m.state);  // the rate and quota cells admit() reads next
   const std::string_view stage = ctx.match.stage;
   auto stage_ok = [&](const std::vector<std::string>& stages) {
     return stages.empty() || stage.empty() ||
            std::find(stages.begin(), stages.end(), stage) != stages.end();
   };
-  if (!stage_ok(p.stages) || !stage_ok(entry->key.stages) ||
-      (!p.route_allowed.empty() && !p.route_allowed[ctx.route_index])) {
+  if (!stage_ok(p->stages) || ((m.tag & kKeyHasStages) != 0 && !stage_ok(m.entry->key.stages)) ||
+      (!p->route_allowed.empty() && !p->route_allowed[ctx.route_index])) {
     out =
         Refusal{403, "ApiKeyNotAuthorized", "the key's usage plan does not include this route", {}};
     return Verdict::kRefuse;
   }
-  ctx.api_key = &entry->key;
-  ctx.key_state = entry->state;
-  ctx.plan = &p;
+  ctx.api_key = &m.entry->key;
+  ctx.key_state = m.state;
+  ctx.plan = p;
   // The key's principal is named by its id, which is unique and never reused; its name is only
   // a label (aws:username) that another key may share.
+  char id[16];
+  auth::format_hex_id(m.id, id);
   ctx.principal_arn.assign(t->key_arn_prefix);
-  ctx.principal_arn.append(entry->key.id);
+  ctx.principal_arn.append(id, sizeof id);
   ctx.principal = Principal{"api_key", ctx.principal_arn};
   return Verdict::kContinue;
 }

@@ -77,11 +77,17 @@ struct LimitTable {
   };
   std::vector<Route> routes;  // by route index
   std::map<std::string, CompiledPlan, std::less<>> plans;
+  // The same plans by plan id (Limiter::plan_id; nullptr: no such plan in this config). A key
+  // carries its plan's id in its KeyTable slot, so the hot path finds the plan without reading
+  // the key's record.
+  std::vector<const CompiledPlan*> plan_by_id;
   std::string key_header;
   std::string key_arn_prefix;  // arn:gatehouse:iam::<account>:apikey/ (the key id follows)
 };
 
 using KeyTable = auth::KeyIndex<KeyState>;
+// A KeyTable slot's tag: the key's plan id, and whether the key names stages of its own.
+constexpr std::uint32_t kKeyHasStages = 1u << 31;
 
 class Limiter final : public Authenticator, public Throttle {
  public:
@@ -119,6 +125,8 @@ class Limiter final : public Authenticator, public Throttle {
   limits::Gate* gate(std::unordered_map<std::string, std::unique_ptr<limits::Gate>>& m,
                      const std::string& name);
   KeyState* key_state(const std::string& id);  // mu_ held
+  // A small number for a plan name, the same for as long as the process runs (mu_ held).
+  std::uint32_t plan_id(const std::string& name);
   core::Result<std::shared_ptr<const KeyTable>> load_keys();
   void flush_quotas();
   void run();
@@ -133,6 +141,7 @@ class Limiter final : public Authenticator, public Throttle {
   std::unordered_map<std::string, std::unique_ptr<limits::Gate>> route_gates_, function_gates_,
       account_gates_;
   std::unordered_map<std::string, std::unique_ptr<KeyState>> key_states_;
+  std::unordered_map<std::string, std::uint32_t> plan_ids_;
   std::shared_ptr<const LimitTable> table_;  // latest compiled, for quota limits when flushing
   std::int64_t keys_version_ = -1;
   bool stopping_ = false;

@@ -52,17 +52,18 @@ TEST_F(KeysTest, IndexVerifiesOnlyTheExactLiveKey) {
   auto k = registry_->create("alice", "free", {});
   ASSERT_TRUE(k.has_value());
   auto idx = index();
-  const auto* e = idx.verify(k->key);
-  ASSERT_NE(e, nullptr);
-  EXPECT_EQ(e->key.name, "alice");
-  EXPECT_EQ(e->state, &state_);
+  const auto m = idx.verify(k->key);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m.entry->key.name, "alice");
+  EXPECT_EQ(m.entry->state, &state_);
+  EXPECT_EQ(m.state, &state_);
   std::string wrong = k->key;
   wrong.back() = wrong.back() == 'a' ? 'b' : 'a';
-  EXPECT_EQ(idx.verify(wrong), nullptr);
-  EXPECT_EQ(idx.verify(""), nullptr);
-  EXPECT_EQ(idx.verify("ghk_"), nullptr);
-  EXPECT_EQ(idx.verify(k->key + "0"), nullptr);
-  EXPECT_EQ(idx.verify("ghk_ZZZZZZZZZZZZZZZZ_" + std::string(48, '0')), nullptr);
+  EXPECT_FALSE(idx.verify(wrong));
+  EXPECT_FALSE(idx.verify(""));
+  EXPECT_FALSE(idx.verify("ghk_"));
+  EXPECT_FALSE(idx.verify(k->key + "0"));
+  EXPECT_FALSE(idx.verify("ghk_ZZZZZZZZZZZZZZZZ_" + std::string(48, '0')));
 }
 
 // Many keys built by hand (the registry would be slow): every live key verifies, its neighbours
@@ -71,6 +72,7 @@ TEST_F(KeysTest, IndexVerifiesOnlyTheExactLiveKey) {
 TEST(KeyIndexTest, ManyKeysEachFoundExactly) {
   KeyIndex<int> idx;
   int state = 0;
+  std::vector<int> states(5000);
   std::vector<std::string> live;
   std::vector<std::string> revoked;
   for (int i = 0; i < 5000; ++i) {
@@ -84,7 +86,7 @@ TEST(KeyIndexTest, ManyKeysEachFoundExactly) {
     rec.hash = core::sha256_hex(key);
     rec.revoked = i % 10 == 0;
     (rec.revoked ? revoked : live).push_back(key);
-    idx.add(std::move(rec), &state);
+    idx.add(std::move(rec), &states[static_cast<std::size_t>(i)], static_cast<std::uint32_t>(i));
   }
   ApiKey broken;  // a record with a malformed hash is never found
   broken.id = "00000000000000ff";
@@ -92,30 +94,50 @@ TEST(KeyIndexTest, ManyKeysEachFoundExactly) {
   idx.add(std::move(broken), &state);
   EXPECT_EQ(idx.size(), 5001u);
   for (const auto& key : live) {
-    const auto* e = idx.verify(key);
-    ASSERT_NE(e, nullptr) << key;
-    EXPECT_EQ(e->key.hash, core::sha256_hex(key));
+    const auto m = idx.verify(key);
+    ASSERT_TRUE(m) << key;
+    EXPECT_EQ(m.entry->key.hash, core::sha256_hex(key));
+    // The slot hands back the id, the state and the tag without the record.
+    char id[16];
+    format_hex_id(m.id, id);
+    EXPECT_EQ(std::string_view(id, sizeof id), m.entry->key.id);
+    EXPECT_EQ(m.state, &states[m.tag]);
+    EXPECT_EQ(m.entry->key.name, "k" + std::to_string(m.tag));
   }
   for (const auto& key : revoked) {
-    EXPECT_EQ(idx.verify(key), nullptr);
+    EXPECT_FALSE(idx.verify(key));
   }
-  EXPECT_EQ(idx.verify("ghk_00000000000000ff_" + std::string(48, '0')), nullptr);
+  EXPECT_FALSE(idx.verify("ghk_00000000000000ff_" + std::string(48, '0')));
   for (std::size_t i = 0; i < 200; ++i) {
     std::string other_id = live[i];
     other_id[4 + i % 16] = other_id[4 + i % 16] == 'a' ? 'b' : 'a';
-    EXPECT_EQ(idx.verify(other_id), nullptr);
+    EXPECT_FALSE(idx.verify(other_id));
     std::string other_secret = live[i];
     other_secret[21 + i % 48] = other_secret[21 + i % 48] == 'a' ? 'b' : 'a';
-    EXPECT_EQ(idx.verify(other_secret), nullptr);
+    EXPECT_FALSE(idx.verify(other_secret));
     std::string upper = live[i];
     for (auto& c : upper) {
       c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     }
     upper.replace(0, 4, "ghk_");
-    EXPECT_EQ(idx.verify(upper), nullptr);
+    EXPECT_FALSE(idx.verify(upper));
   }
   KeyIndex<int> empty;
-  EXPECT_EQ(empty.verify(live[0]), nullptr);
+  EXPECT_FALSE(empty.verify(live[0]));
+}
+
+TEST(KeyIndexTest, HexIdRoundTrips) {
+  for (const std::string_view text : {"0000000000000000", "00000000000000ff", "0123456789abcdef",
+                                      "ffffffffffffffff", "8000000000000001"}) {
+    std::uint64_t v = 0;
+    ASSERT_TRUE(parse_hex_id(text, v)) << text;
+    char back[16];
+    format_hex_id(v, back);
+    EXPECT_EQ(std::string_view(back, sizeof back), text);
+  }
+  std::uint64_t v = 0;
+  EXPECT_FALSE(parse_hex_id("0123456789ABCDEF", v));  // upper case is not an id
+  EXPECT_FALSE(parse_hex_id("0123456789abcde", v));
 }
 
 TEST_F(KeysTest, RevokedKeysStopWorking) {
@@ -124,7 +146,7 @@ TEST_F(KeysTest, RevokedKeysStopWorking) {
   auto r = registry_->revoke("alice");
   ASSERT_TRUE(r.has_value());
   EXPECT_TRUE(r->revoked);
-  EXPECT_EQ(index().verify(k->key), nullptr);
+  EXPECT_FALSE(index().verify(k->key));
   EXPECT_FALSE(registry_->rotate(k->record.id).has_value());
 }
 
@@ -137,8 +159,8 @@ TEST_F(KeysTest, RotateReplacesTheSecret) {
   EXPECT_EQ(rotated->record.id, k->record.id);
   EXPECT_NE(rotated->key, k->key);
   auto idx = index();
-  EXPECT_EQ(idx.verify(k->key), nullptr);
-  EXPECT_NE(idx.verify(rotated->key), nullptr);
+  EXPECT_FALSE(idx.verify(k->key));
+  EXPECT_TRUE(idx.verify(rotated->key));
   EXPECT_GT(*registry_->version(), *v0);
 }
 

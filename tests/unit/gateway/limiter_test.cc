@@ -7,6 +7,8 @@
 
 #include <filesystem>
 
+#include "policy/policy.h"
+
 namespace gatehouse::gateway {
 namespace {
 
@@ -82,15 +84,16 @@ class LimiterTest : public ::testing::Test {
             ->start(std::chrono::milliseconds(10), [](std::function<void(unsigned)> fn) { fn(0); })
             .has_value());
   }
-  std::string create_key(const std::string& plan) {
+  std::string create_key(const std::string& plan, std::vector<std::string> stages = {}) {
     auth::KeyRegistry reg(*store_, clock_);
-    auto k = reg.create("k", plan, {});
+    auto k = reg.create("k", plan, std::move(stages));
     EXPECT_TRUE(k.has_value());
     return k->key;
   }
 
   // One request through authenticate + admit (+ release when admitted).
-  Verdict call(std::uint32_t route, const std::string& key, Refusal& out) {
+  Verdict call(std::uint32_t route, const std::string& key, Refusal& out,
+               std::string_view stage = {}) {
     http::Header h{"x-api-key", key};
     http::Request req;
     req.headers = std::span<const http::Header>(&h, key.empty() ? 0 : 1);
@@ -99,9 +102,12 @@ class LimiterTest : public ::testing::Test {
     ctx.limits = table_.get();
     ctx.route_index = route;
     ctx.remote_ip = "127.0.0.1";
+    ctx.match.stage = stage;
+    principal_.clear();
     if (limiter_->authenticate(ctx, out) == Verdict::kRefuse) {
       return Verdict::kRefuse;
     }
+    principal_ = ctx.principal_arn;
     const Verdict v = limiter_->admit(ctx, out);
     if (v == Verdict::kContinue) {
       limiter_->release(ctx);
@@ -117,6 +123,7 @@ class LimiterTest : public ::testing::Test {
   std::unique_ptr<Limiter> limiter_;
   std::shared_ptr<const LimitTable> table_;
   std::string headers_;
+  std::string principal_;
 };
 
 TEST_F(LimiterTest, QuotaResetsAtTheUtcDayBoundary) {
@@ -169,6 +176,45 @@ TEST_F(LimiterTest, MissingAndInvalidKeys) {
   EXPECT_EQ(call(1, "", r), Verdict::kContinue);
   EXPECT_EQ(call(1, "", r), Verdict::kRefuse);
   EXPECT_EQ(r.code, "ThrottledFunction");
+}
+
+// What authenticate() takes from the key's index slot rather than its record: the plan (by
+// plan id, stable across config reloads), whether the key has stages of its own, and the id the
+// principal ARN is made of.
+TEST_F(LimiterTest, PlanStagesAndPrincipalComeFromTheKeysSlot) {
+  const auto any_stage = create_key("slow");
+  const auto prod_only = create_key("slow", {"prod"});
+  const auto later = create_key("later");  // a plan the config does not have yet
+  start();
+  Refusal r;
+  ASSERT_EQ(call(0, any_stage, r, "dev"), Verdict::kContinue);
+  const std::string id = any_stage.substr(4, 16);
+  EXPECT_EQ(principal_, policy::api_key_arn(make_config().account_id, id));
+  EXPECT_EQ(call(0, prod_only, r, "prod"), Verdict::kContinue);
+  EXPECT_EQ(principal_.substr(principal_.size() - 16), prod_only.substr(4, 16));
+  EXPECT_EQ(call(0, prod_only, r, "dev"), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ApiKeyNotAuthorized");
+  EXPECT_EQ(call(0, later, r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ApiKeyNotAuthorized");
+  EXPECT_EQ(r.message, "the key's usage plan does not exist");
+  // A reload that adds the plan (and lists the others in another order) serves the key at once,
+  // and the other keys keep their plans.
+  auto c = make_config();
+  config::Plan p;
+  p.name = "later";
+  p.throttle = rate(1, 1);
+  c.plans.insert(c.plans.begin(), p);
+  std::swap(c.plans[1], c.plans[2]);
+  auto t = limiter_->compile(c);
+  ASSERT_TRUE(t.has_value()) << t.error().message;
+  table_ = *t;
+  limiter_->activate(table_);
+  EXPECT_EQ(call(0, later, r), Verdict::kContinue);
+  EXPECT_EQ(call(0, later, r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ThrottledKey");
+  EXPECT_EQ(call(0, any_stage, r), Verdict::kContinue);  // slow: burst 2, one used above
+  EXPECT_EQ(call(0, any_stage, r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "ThrottledKey");
 }
 
 TEST_F(LimiterTest, QuotaCountSurvivesARestart) {
