@@ -9,6 +9,8 @@
 #include <boost/beast/http/string_body.hpp>
 #include <map>
 
+#include "http/socket_read.h"
+
 namespace gatehouse::gateway {
 
 namespace net = boost::asio;
@@ -219,31 +221,35 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   // Reads straight from the socket into the connection's buffer and feeds the parser: one read
   // operation per arrival of bytes, completed from the reactor without a composed operation.
   void read_more() {
-    conn_->socket.async_read_some(
-        conn_->buffer.prepare(kReadChunk),
-        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
-          self->conn_->buffer.commit(n);
-          self->received_ += n;
-          if (ec == net::error::eof && self->parser_->got_some() && !self->parser_->is_done()) {
-            boost::system::error_code eof_ec;
-            self->parser_->put_eof(eof_ec);  // a body delimited by the end of the connection
-            if (!eof_ec && self->parser_->is_done()) {
-              self->close_after_ = true;
-              self->finish_message();
-              return;
-            }
-          }
-          if (ec) {
-            if (self->received_ == 0 && !self->timed_out_) {
-              self->retry_or_fail(502, "upstream closed the connection");
-            } else {
-              self->fail(self->timed_out_ ? 504 : 502,
-                         self->timed_out_ ? "upstream timed out" : "invalid upstream response");
-            }
-            return;
-          }
-          self->parse();
-        });
+    read_op_.start(conn_->socket, conn_->buffer.prepare(kReadChunk), this, shared_from_this());
+  }
+
+  static void read_done(void* op, const boost::system::error_code& ec, std::size_t n) {
+    static_cast<ProxyOp*>(op)->on_read(ec, n);
+  }
+
+  void on_read(const boost::system::error_code& ec, std::size_t n) {
+    conn_->buffer.commit(n);
+    received_ += n;
+    if (ec == net::error::eof && parser_->got_some() && !parser_->is_done()) {
+      boost::system::error_code eof_ec;
+      parser_->put_eof(eof_ec);  // a body delimited by the end of the connection
+      if (!eof_ec && parser_->is_done()) {
+        close_after_ = true;
+        finish_message();
+        return;
+      }
+    }
+    if (ec) {
+      if (received_ == 0 && !timed_out_) {
+        retry_or_fail(502, "upstream closed the connection");
+      } else {
+        fail(timed_out_ ? 504 : 502,
+             timed_out_ ? "upstream timed out" : "invalid upstream response");
+      }
+      return;
+    }
+    parse();
   }
 
   void parse() {
@@ -357,6 +363,9 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   bool linked_ = false;
   std::string request_;
   std::unique_ptr<Conn> conn_;
+  // Reads of the response: after one that drained the socket, the next waits for epoll (the
+  // flag lives with the socket, so a pooled connection's next request starts that way too).
+  http::SocketRead read_op_{&ProxyOp::read_done};
   std::optional<bhttp::response_parser<bhttp::string_body>> parser_;
   std::chrono::steady_clock::time_point connect_started_{};
   bool reused_ = false;

@@ -28,6 +28,7 @@
 
 #include "http/http.h"
 #include "http/request_parser.h"
+#include "http/socket_read.h"
 
 namespace gatehouse::http {
 
@@ -162,6 +163,9 @@ class Session final : public Exchange, public std::enable_shared_from_this<Sessi
 
   void do_read();
   void on_read(const boost::system::error_code& ec, std::size_t n);
+  static void read_done(void* self, const boost::system::error_code& ec, std::size_t n) {
+    static_cast<Session*>(self)->on_read(ec, n);
+  }
   void process();
   bool process_one();  // false: stop the loop (need I/O or closing)
   void begin_request();
@@ -184,6 +188,9 @@ class Session final : public Exchange, public std::enable_shared_from_this<Sessi
 
   Worker& worker_;
   tcp::socket socket_;
+  // The request reads: after a read that drained the socket, the next one waits for epoll
+  // rather than trying first (no recvfrom that fails with EAGAIN per request).
+  SocketRead read_op_{&Session::read_done};
   IpTable::Key ip_key_;
   char ip_str_[INET6_ADDRSTRLEN] = {};
   std::size_t ip_len_ = 0;
@@ -653,9 +660,7 @@ void Session::do_read() {
     return;
   }
   reading_ = true;
-  socket_.async_read_some(in_.prepare(kReadChunk),
-                          [self = shared_from_this()](const boost::system::error_code& ec,
-                                                      std::size_t n) { self->on_read(ec, n); });
+  read_op_.start(socket_, in_.prepare(kReadChunk), this, shared_from_this());
 }
 
 void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
