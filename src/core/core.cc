@@ -8,6 +8,7 @@
 #include <openssl/sha.h>
 
 #include <array>
+#include <charconv>
 #include <cstring>
 #include <stdexcept>
 
@@ -355,16 +356,8 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
 }
 
 std::size_t format_uint(char* out, std::uint64_t v) noexcept {
-  char tmp[20];
-  std::size_t n = 0;
-  do {
-    tmp[n++] = static_cast<char>('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  for (std::size_t i = 0; i < n; ++i) {
-    out[i] = tmp[n - 1 - i];
-  }
-  return n;
+  // libstdc++'s to_chars writes two digits per step from a table.
+  return static_cast<std::size_t>(std::to_chars(out, out + 20, v).ptr - out);
 }
 
 }  // namespace gatehouse::core

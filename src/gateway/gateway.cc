@@ -944,6 +944,7 @@ http::Step Pipeline::on_headers(http::Exchange& ex) {
   ctx.request_id = ex.request_id();
   ctx.function = {};
   ctx.started = ex.started();
+  ctx.now = ctx.started;
   ctx.authz = s.authz.get();
   ctx.principal_arn.clear();
   ctx.user_pool = {};
@@ -1068,6 +1069,7 @@ void Pipeline::retry_waiting(unsigned w) {
     auto& c = static_cast<Conn&>(wt.ex->state());
     Refusal r;
     http::Step step;
+    c.ctx.now = now;
     if (gw_.throttle().admit(c.ctx, r) == Verdict::kContinue) {
       step = after_admission(*wt.ex, c);
     } else if (now >= wt.deadline ||

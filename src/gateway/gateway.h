@@ -33,10 +33,10 @@ class Gate;
 
 namespace gatehouse::gateway {
 
-struct Snapshot;    // the compiled, immutable form of one Config (gateway.cc)
-struct RouteEntry;  // one compiled route of a Snapshot
-struct LimitTable;  // the compiled limits of a Snapshot (limiter.h)
-struct KeyState;    // an API key's limiter cells (limiter.h)
+struct Snapshot;      // the compiled, immutable form of one Config (gateway.cc)
+struct RouteEntry;    // one compiled route of a Snapshot
+struct LimitTable;    // the compiled limits of a Snapshot (limiter.h)
+struct KeyState;      // an API key's limiter cells (limiter.h)
 struct CompiledPlan;  // a usage plan compiled into a LimitTable (limiter.h)
 struct SigV4Slot;     // per-connection SigV4 state (sigv4_stage.h)
 struct AuthzTable;    // the compiled authorization of a Snapshot (authorizer.h)
@@ -45,7 +45,7 @@ struct AuthzTable;    // the compiled authorization of a Snapshot (authorizer.h)
 // principal's ARN (docs/policy.md, "Principals"): policies name it in Principal.AWS and
 // aws:PrincipalArn, and function invocations carry it in their caller context.
 struct Principal {
-  std::string_view kind = "anonymous";  // anonymous | api_key | user | role | admin
+  std::string_view kind = "anonymous";          // anonymous | api_key | user | role | admin
   std::string_view id = policy::kAnonymousArn;  // e.g. arn:gatehouse:iam::<account>:apikey/<id>
 };
 
@@ -62,6 +62,9 @@ struct RequestContext {
   std::string_view request_id;
   std::string_view function;  // the function the target names ("" if none)
   std::chrono::steady_clock::time_point started{};
+  // The steady time the throttle decides at, when the caller has read the clock already (the
+  // request's start; the retry of a waiting request: its retry time). Zero: the throttle reads it.
+  std::chrono::steady_clock::time_point now{};
   std::uint32_t route_index = 0;
   unsigned worker = 0;                    // the worker thread handling the request
   const LimitTable* limits = nullptr;     // the snapshot's compiled limits

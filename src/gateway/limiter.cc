@@ -56,6 +56,7 @@ std::size_t hash_ip(std::string_view ip) {
 Limiter::Limiter(store::Store& store, const core::Clock& clock, unsigned workers)
     : store_(store),
       clock_(clock),
+      real_clock_(&clock == &core::system_clock()),
       registry_(store, clock),
       client_cells_(std::make_unique<std::array<limits::RateCell, 65536>>()),
       keys_(workers) {
@@ -207,6 +208,7 @@ core::Result<std::shared_ptr<const LimitTable>> Limiter::compile(const config::C
 void Limiter::activate(std::shared_ptr<const LimitTable> table) {
   std::lock_guard lock(mu_);
   table_ = std::move(table);
+  quota_keys_stale_ = true;
 }
 
 KeyState* Limiter::key_state(const std::string& id) {
@@ -273,6 +275,7 @@ core::Result<std::shared_ptr<const KeyTable>> Limiter::load_keys() {
     table->add(std::move(k), st, tag);
   }
   keys_version_ = *version;
+  quota_keys_stale_ = true;
   return std::shared_ptr<const KeyTable>(table);
 }
 
@@ -336,20 +339,28 @@ void Limiter::flush_quotas() {
       return;
     }
     const limits::Nanos now = wall_ns(clock_);
-    // Each key's quota is counted against its plan in the latest table.
-    for (auto& [id, st] : key_states_) {
-      const auto plan = table_->plans.find(st->plan_name);
-      if (plan == table_->plans.end() || !plan->second.has_quota) {
-        continue;
+    if (quota_keys_stale_) {
+      // Each key's quota is counted against its plan in the latest table; keys on plans without
+      // a quota are left out, so a flush costs nothing for them.
+      quota_keys_.clear();
+      for (auto& [id, st] : key_states_) {
+        const auto plan = table_->plans.find(st->plan_name);
+        if (plan != table_->plans.end() && plan->second.has_quota) {
+          quota_keys_.push_back(QuotaKey{&id, st.get(), &plan->second.quota});
+        }
       }
-      const auto snap = limits::quota_snapshot(plan->second.quota, st->quota, now);
-      if (snap.used == st->flushed.used && snap.period_start == st->flushed.period_start) {
+      quota_keys_stale_ = false;
+    }
+    for (const QuotaKey& q : quota_keys_) {
+      KeyState& st = *q.state;
+      const auto snap = limits::quota_snapshot(*q.limit, st.quota, now);
+      if (snap.used == st.flushed.used && snap.period_start == st.flushed.period_start) {
         continue;
       }
       batch.emplace_back(
-          store::Put{std::string(kQuotaTable), id,
+          store::Put{std::string(kQuotaTable), *q.id,
                      std::to_string(snap.period_start) + ":" + std::to_string(snap.used)});
-      st->flushed = snap;
+      st.flushed = snap;
     }
   }
   if (!batch.empty()) {
@@ -485,7 +496,8 @@ Verdict Limiter::admit(RequestContext& ctx, Refusal& out) {
     layers[n++] =
         limits::Layer{limits::LayerKind::kClient, &t->client, &c, nullptr, nullptr, nullptr, 0};
   }
-  if (plan != nullptr && plan->has_quota) {
+  const bool quota = plan != nullptr && plan->has_quota;
+  if (quota) {
     layers[n++] = limits::Layer{limits::LayerKind::kQuota, nullptr, nullptr, &plan->quota,
                                 &ctx.key_state->quota,     nullptr, 0};
   }
@@ -499,8 +511,14 @@ Verdict Limiter::admit(RequestContext& ctx, Refusal& out) {
   if (n == 0) {
     return Verdict::kContinue;
   }
+  // Clock reads cost tens of ns each: the request's start time stands for now when the real
+  // clock drives the limiter, and wall time is read only for a quota.
+  const limits::Nanos steady =
+      real_clock_ && ctx.now != std::chrono::steady_clock::time_point{}
+          ? std::chrono::duration_cast<std::chrono::nanoseconds>(ctx.now.time_since_epoch()).count()
+          : steady_ns(clock_);
   const limits::Admission a = limits::admit(std::span<const limits::Layer>(layers.data(), n),
-                                            steady_ns(clock_), wall_ns(clock_));
+                                            steady, quota ? wall_ns(clock_) : 0);
   if (a.allowed) {
     for (std::size_t i = first_gate; i < n; ++i) {
       ctx.gates[ctx.gate_count++] = layers[i].gate;

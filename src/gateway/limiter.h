@@ -133,6 +133,7 @@ class Limiter final : public Authenticator, public Throttle {
 
   store::Store& store_;
   const core::Clock& clock_;
+  const bool real_clock_;  // clock_ is core::system_clock(): RequestContext::now may stand in
   auth::KeyRegistry registry_;
 
   std::mutex mu_;  // guards the maps below and the thread state (control/flusher threads only)
@@ -143,6 +144,15 @@ class Limiter final : public Authenticator, public Throttle {
   std::unordered_map<std::string, std::unique_ptr<KeyState>> key_states_;
   std::unordered_map<std::string, std::uint32_t> plan_ids_;
   std::shared_ptr<const LimitTable> table_;  // latest compiled, for quota limits when flushing
+  // The keys flush_quotas() writes: those whose plan in table_ has a quota. Rebuilt on the next
+  // flush after the table or the keys change.
+  struct QuotaKey {
+    const std::string* id;
+    KeyState* state;
+    const limits::QuotaLimit* limit;
+  };
+  std::vector<QuotaKey> quota_keys_;
+  bool quota_keys_stale_ = true;
   std::int64_t keys_version_ = -1;
   bool stopping_ = false;
   std::condition_variable cv_;

@@ -1,6 +1,5 @@
 #include "http/socket_read.h"
 
-#include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/detail/socket_ops.hpp>
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/query.hpp>

@@ -18,6 +18,7 @@
 // Include only in files that already include Asio (server.cc, proxy.cc).
 
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/detail/reactor_op.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <cstddef>
@@ -34,7 +35,8 @@ class SocketRead final : private boost::asio::detail::reactor_op {
   SocketRead& operator=(const SocketRead&) = delete;
   ~SocketRead() = default;
 
-  // Reads at most buf.size() (> 0) bytes from `socket`; `cb(owner, ec, n)` then runs once on the
+  // Reads at most buf.size() (> 0) bytes from `socket`, a socket of the same io_context for
+  // every start (the op keeps that context's reactor); `cb(owner, ec, n)` then runs once on the
   // socket's io_context, never inside start(), as for async_read_some. Closing or cancelling the
   // socket completes it with operation_aborted. `keep` holds the owner, and the SocketRead it
   // owns, alive until the callback has returned (or the io_context destroyed the operation
@@ -50,6 +52,7 @@ class SocketRead final : private boost::asio::detail::reactor_op {
                           const boost::system::error_code& ec, std::size_t n);
 
   Callback cb_;
+  boost::asio::detail::reactor* reactor_ = nullptr;  // looked up (under a lock) on first start
   void* owner_ = nullptr;
   std::shared_ptr<void> keep_;
   int fd_ = -1;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <thread>
 
 #include "policy/policy.h"
 
@@ -228,6 +229,31 @@ TEST_F(LimiterTest, QuotaCountSurvivesARestart) {
   store_.reset();
   open();
   start();
+  EXPECT_EQ(call(0, key, r), Verdict::kContinue);
+  EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
+  EXPECT_EQ(r.code, "QuotaExceeded");
+}
+
+// The flusher writes only keys whose plan has a quota; a key moved onto such a plan after start
+// is written from then on (its list is rebuilt when the keys change).
+TEST_F(LimiterTest, AKeyMovedOntoAQuotaPlanIsFlushed) {
+  const auto key = create_key("slow");
+  start();
+  Refusal r;
+  ASSERT_EQ(call(0, key, r), Verdict::kContinue);
+  // Let the flusher (every 10 ms here) run with the key still on a plan without a quota.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auth::KeyRegistry reg(*store_, clock_);
+  ASSERT_TRUE(reg.attach(key.substr(4, 16), "metered", {}).has_value());
+  limiter_->reload_keys();
+  ASSERT_EQ(call(0, key, r), Verdict::kContinue);
+  ASSERT_EQ(call(0, key, r), Verdict::kContinue);
+  limiter_->stop();  // graceful: the counts are written
+  limiter_.reset();
+  store_.reset();
+  open();
+  start();
+  // Two of metered's three were used before the restart.
   EXPECT_EQ(call(0, key, r), Verdict::kContinue);
   EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
   EXPECT_EQ(r.code, "QuotaExceeded");
