@@ -37,8 +37,13 @@ void SocketRead::start(net::ip::tcp::socket& socket, net::mutable_buffer buf, vo
                        std::shared_ptr<void> keep) {
   assert(!pending() && buf.size() > 0);
   auto& impl = ImplAccess::of(socket);
-  auto& reactor =
-      net::use_service<detail::reactor>(net::query(socket.get_executor(), net::execution::context));
+  if (reactor_ == nullptr) {  // use_service takes the service registry's lock: once per op
+    reactor_ = &net::use_service<detail::reactor>(
+        net::query(socket.get_executor(), net::execution::context));
+  }
+  assert(reactor_ == &net::use_service<detail::reactor>(
+                         net::query(socket.get_executor(), net::execution::context)));
+  auto& reactor = *reactor_;
   owner_ = owner;
   keep_ = std::move(keep);
   fd_ = impl.socket_;
