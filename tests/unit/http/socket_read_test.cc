@@ -152,6 +152,17 @@ TEST_F(SocketReadTest, CloseCompletesThePendingReadWithAborted) {
   EXPECT_TRUE(weak.expired()) << "the read let its owner go once its callback returned";
 }
 
+TEST_F(SocketReadTest, AReadOnAClosedSocketFailsAsynchronously) {
+  boost::system::error_code ignored;
+  reader_->socket.close(ignored);
+  reader_->start(reader_);
+  EXPECT_EQ(reader_->calls, 0) << "never completes inside start()";
+  settle();
+  EXPECT_EQ(reader_->calls, 1);
+  EXPECT_TRUE(reader_->ec);
+  EXPECT_FALSE(reader_->op.pending());
+}
+
 TEST_F(SocketReadTest, EndOfStreamIsReported) {
   peer_->shutdown(tcp::socket::shutdown_send);
   reader_->start(reader_);
