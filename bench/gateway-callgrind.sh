@@ -157,6 +157,7 @@ plans:
   - {name: tight, throttle: {rate: 0.0166667, burst: 1}}
   - {name: bench, throttle: {rate: 1000000, burst: 1000000}}
 throttling: {account: {rate: 1000000, burst: 1000000}}
+api_keys: {forward: true}  # as nginx does: the key header goes on to the upstream
 routes:
   - {method: GET, path: /hello, target: {static: {status: 200, body: "hello from gatehouse\n", content_type: text/plain}}}
   - {name: api, method: GET, path: "/api/{proxy+}", api_key: required, function: fn, throttle: {rate: 1000000, burst: 1000000}, target: {http: {upstream: up}}}

@@ -232,7 +232,9 @@ log: {level: warn, access_log: "off"}
 store: {state: "sqlite://$dir/gh.db"}
 limits: {max_connections_per_ip: 100000, idle_timeout: 60s}
 admin: {metrics_public: true}
-api_keys: {header: x-api-key}
+# forward: the peers pass the key header on to the upstream, so Gatehouse does too here (its
+# default removes it).
+api_keys: {header: x-api-key, forward: true}
 upstreams:
   - {name: up, url: "http://127.0.0.1:$UPSTREAM_PORT"}
 functions:

@@ -219,6 +219,8 @@ struct ApiKeysConfig {
                                      // content-length, ...) are refused
   milliseconds quota_flush_interval{1000};  // quota counters are written to the store at least
                                             // this often; 10ms..1m
+  bool forward = false;  // pass the key header on to http upstreams (default: removed, so a
+                         // backend never learns its callers' keys)
 };
 
 // Gateway-wide throttling layers.

@@ -1823,6 +1823,7 @@ constexpr std::array kRouteFields{
 constexpr std::array kApiKeysFields{
     string("header", &ApiKeysConfig::header, 1, 256, Format::kHeaderName),
     duration("quota_flush_interval", &ApiKeysConfig::quota_flush_interval, 10ms, 1min),
+    boolean("forward", &ApiKeysConfig::forward),
 };
 
 constexpr std::array kCredentialsFields{

@@ -197,6 +197,9 @@ core::Result<std::shared_ptr<const Snapshot>> compile(config::Config cfg, Metric
       e.upstream.endpoint = *ep;
       e.upstream.host_header = up->host + ":" + std::to_string(up->port);
       e.upstream.pool_key = up->name + "@" + e.upstream.host_header;
+      if (!c.api_keys.forward) {
+        e.upstream.strip_header = c.api_keys.header;
+      }
     }
     snap->routes.push_back(std::move(e));
   }

@@ -456,7 +456,8 @@ void Proxy::forward(http::Exchange& ex, const UpstreamTarget& target, std::strin
     if (iequals(h.name, "x-forwarded-for")) {
       forwarded_for = h.value;
     }
-    if (skip_request_header(h.name)) {
+    if (skip_request_header(h.name) ||
+        (!target.strip_header.empty() && iequals(h.name, target.strip_header))) {
       continue;
     }
     bool hop = false;

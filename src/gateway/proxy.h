@@ -17,7 +17,9 @@ struct UpstreamTarget {
   const config::Upstream* upstream = nullptr;  // owned by the snapshot's Config
   boost::asio::ip::tcp::endpoint endpoint;     // resolved when the snapshot is built
   std::string host_header;                     // "host:port"
-  std::string pool_key;  // "name@host:port": a reload that moves the upstream uses a new pool
+  std::string pool_key;      // "name@host:port": a reload that moves the upstream uses a new pool
+  std::string strip_header;  // a request header not forwarded (the API-key header unless
+                             // api_keys.forward); "" = none
 };
 
 class Proxy {

@@ -348,3 +348,45 @@ def test_admin_api_manages_keys(start_gatehouse):
     r = h.get(g.port, "/admin/keys", method="POST", headers=dict(h.AUTH), body=b"{")
     assert r.status == 400
     assert h.get(g.port, "/admin/keys").status == 401
+
+
+@pytest.mark.deadline(60)
+def test_the_key_header_is_not_forwarded_upstream_unless_configured(start_gatehouse, upstream):
+    def with_upstream(forward=None):
+        def modify(cfg):
+            if forward is not None:
+                cfg["api_keys"]["forward"] = forward
+            cfg["upstreams"] = [
+                {"name": "up", "url": f"http://127.0.0.1:{upstream.port}", "timeout": "5s"}]
+            cfg["routes"] += [
+                dict(h.http_route("proxied", "GET", "/p/{proxy+}", "up"), api_key="required"),
+                h.http_route("open", "GET", "/o/{proxy+}", "up"),
+            ]
+        return plans_config(modify)
+
+    g = start_gatehouse(config=with_upstream())
+    import json
+    r = h.get(g.port, "/admin/keys", method="POST", headers=dict(h.AUTH),
+              body=json.dumps({"name": "fwd", "plan": "pro"}).encode())
+    assert r.status == 201, r.body
+    key = r.json()["key"]
+    r = h.get(g.port, "/p/x", headers={"x-api-key": key, "X-Other": "kept"})
+    assert r.status == 200, r.body
+    seen = upstream.seen[-1]
+    assert seen.path == "/p/x" and seen.headers["x-other"] == "kept"
+    assert "x-api-key" not in seen.headers
+    assert key not in repr(seen.header_list)
+    # On a route that takes no key, a header of that name is removed too (any case).
+    r = h.get(g.port, "/o/y", headers={"X-API-Key": "not-a-key"})
+    assert r.status == 200 and upstream.seen[-1].path == "/o/y"
+    assert "x-api-key" not in upstream.seen[-1].headers
+    # api_keys.forward: true (applied by a reload) passes it on.
+    g.reload(with_upstream(forward=True)(g.port, g.workdir / "state"))
+    deadline = time.monotonic() + 10
+    while True:
+        r = h.get(g.port, "/p/z", headers={"x-api-key": key})
+        assert r.status == 200, r.body
+        if upstream.seen[-1].headers.get("x-api-key") == key:
+            break
+        assert time.monotonic() < deadline, "the reload never forwarded the key header"
+        time.sleep(0.05)
