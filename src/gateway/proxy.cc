@@ -72,6 +72,10 @@ class ProxyOp;
 struct Proxy::Pool {
   // Idle keep-alive connections by upstream name and address (UpstreamTarget::pool_key).
   std::map<std::string, std::vector<std::unique_ptr<Conn>>, std::less<>> idle;
+  // Bumped by clear() and shutdown(), which empty `idle`: a request started before holds a
+  // pointer into the old map and an upstream of the old config, so its connection is not
+  // pooled again.
+  std::uint64_t generation = 0;
   // Requests waiting for an upstream, oldest first (deadlines are checked by the sweep).
   ProxyOp* head = nullptr;
   ProxyOp* tail = nullptr;
@@ -104,6 +108,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     deadline_ = std::chrono::steady_clock::now() + target_.upstream->timeout;
     link();
     idle_ = &pool_.idle[target_.pool_key];
+    generation_ = pool_.generation;
     if (!idle_->empty()) {
       conn_ = std::move(idle_->back());
       idle_->pop_back();
@@ -332,7 +337,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
     // be taken as the next client's response.
     const bool reusable =
         msg.keep_alive() && !close_after_ && !timed_out_ && conn_->buffer.size() == 0;
-    if (reusable) {
+    if (reusable && pool_.generation == generation_) {
       if (idle_->size() < target_.upstream->max_idle) {
         idle_->push_back(std::move(conn_));
       }
@@ -357,6 +362,7 @@ class ProxyOp : public std::enable_shared_from_this<ProxyOp> {
   UpstreamTarget target_;
   Proxy::Pool& pool_;
   std::vector<std::unique_ptr<Conn>>* idle_ = nullptr;  // pool_.idle[target_.pool_key]
+  std::uint64_t generation_ = 0;  // pool_.generation when idle_ was taken: valid while equal
   net::io_context& ioc_;
   std::chrono::steady_clock::time_point deadline_{};
   ProxyOp* prev_ = nullptr;
@@ -412,10 +418,15 @@ Proxy::Proxy(unsigned workers) {
 
 Proxy::~Proxy() = default;
 
-void Proxy::clear(unsigned worker) { pools_[worker]->idle.clear(); }
+void Proxy::clear(unsigned worker) {
+  Pool& p = *pools_[worker];
+  ++p.generation;
+  p.idle.clear();
+}
 
 void Proxy::shutdown(unsigned worker) {
   Pool& p = *pools_[worker];
+  ++p.generation;
   p.idle.clear();
   p.sweep.reset();
 }

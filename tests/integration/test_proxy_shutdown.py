@@ -190,6 +190,30 @@ def test_client_gone_while_proxying(start_gatehouse, upstream):
     assert g.metric("gatehouse_bugs_total") == 0
 
 
+@pytest.mark.deadline(40)
+def test_a_reload_while_a_request_is_at_the_upstream(start_gatehouse, upstream):
+    # A reload empties the workers' idle-connection pools while a proxied request is waiting for
+    # its answer; that request must still be answered (and must not put its connection back into
+    # the emptied pool: under ASan, doing so was a use after free).
+    g = start_gatehouse(config=_drain_config(upstream.port))
+    assert g.get("/api/warm").status == 200  # a pooled upstream connection exists
+    c = h.RawClient(g.port, timeout=10)
+    c.send(h.build_request("GET", "/api/hold/reload"))
+    assert upstream.held.wait(5)
+    cfg = _drain_config(upstream.port)(g.port, g.workdir / "state")
+    cfg["routes"].append(h.static_route("added", "GET", "/added", "added\n"))
+    g.reload(cfg)
+    g.wait_metric("gatehouse_config_reloads_total", 1, result="ok")
+    upstream.release.set()
+    r = c.read_response()
+    assert r.status == 200 and r.body == b"released", r
+    c.close()
+    for path in ("/api/after", "/api/again"):
+        assert g.get(path).status == 200
+    assert g.get("/added").body == b"added\n"
+    assert g.metric("gatehouse_bugs_total") == 0
+
+
 @pytest.mark.deadline(30)
 def test_http_target_drops_connection_listed_headers(start_gatehouse, upstream):
     dead = h.dead_port()
