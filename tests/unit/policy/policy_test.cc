@@ -868,12 +868,12 @@ TEST(PolicyKeys, ConditionKeysListsConditionsAndVariablesOnce) {
                  R"("StringLike":{"aws:userid":"${aws:username}-*"}})",
                  "*", "arn:gatehouse:s3:::b/${gatehouse:Header/X-B}/${aws:username}") +
       "," + allow_stmt(R"("Condition":{"Bool":{"aws:SecureTransport":"true"}})")));
-  EXPECT_EQ(p.condition_keys(),
-            (std::vector<std::string>{"gatehouse:header/x-b", "aws:username",
-                                      "gatehouse:header/x-a", "aws:userid",
-                                      "aws:securetransport"}));
+  EXPECT_EQ(p.condition_keys(), (std::vector<std::string>{"gatehouse:header/x-b", "aws:username",
+                                                          "gatehouse:header/x-a", "aws:userid",
+                                                          "aws:securetransport"}));
   // Under 2008-10-17 ${...} is text, not a key.
-  const Policy old = must_parse(doc(allow_stmt("", "*", "arn:gatehouse:s3:::b/${x}"), "2008-10-17"));
+  const Policy old =
+      must_parse(doc(allow_stmt("", "*", "arn:gatehouse:s3:::b/${x}"), "2008-10-17"));
   EXPECT_TRUE(old.condition_keys().empty());
 }
 
@@ -892,10 +892,10 @@ TEST(PolicyNames, AnonymousBelongsToNoAccount) {
   Request r = request("s3:GetObject", "arn:gatehouse:s3:::b/k", {std::string(kAnonymousArn)});
   // A Principal naming the account (or its root) never matches the anonymous caller ...
   for (const char* principal : {R"("000000000000")", R"("arn:aws:iam::000000000000:root")"}) {
-    const Policy bucket = must_parse(doc(R"({"Effect":"Allow","Principal":{"AWS":)" +
-                                         std::string(principal) +
-                                         R"(},"Action":"s3:*","Resource":"*"})"),
-                                     PolicyKind::kResource);
+    const Policy bucket =
+        must_parse(doc(R"({"Effect":"Allow","Principal":{"AWS":)" + std::string(principal) +
+                       R"(},"Action":"s3:*","Resource":"*"})"),
+                   PolicyKind::kResource);
     EXPECT_FALSE(decide(r, {}, &bucket).allowed()) << principal;
   }
   // ... but naming its ARN does, and so does "*".
@@ -907,8 +907,8 @@ TEST(PolicyNames, AnonymousBelongsToNoAccount) {
   const Policy by_arn = must_parse(doc(allow_stmt(
       R"("Condition":{"StringEquals":{"aws:PrincipalArn":"arn:gatehouse:iam:::anonymous"}})")));
   EXPECT_TRUE(allowed(by_arn, r));
-  const Policy no_account = must_parse(
-      doc(allow_stmt(R"("Condition":{"Null":{"aws:PrincipalAccount":"true"}})")));
+  const Policy no_account =
+      must_parse(doc(allow_stmt(R"("Condition":{"Null":{"aws:PrincipalAccount":"true"}})")));
   EXPECT_TRUE(allowed(no_account, r));
 }
 
