@@ -85,6 +85,14 @@ class LimiterTest : public ::testing::Test {
             ->start(std::chrono::milliseconds(10), [](std::function<void(unsigned)> fn) { fn(0); })
             .has_value());
   }
+  // A graceful stop (the last quota counts are written), then the store and limiter reopened.
+  void restart() {
+    limiter_->stop();
+    limiter_.reset();
+    store_.reset();
+    open();
+    start();
+  }
   std::string create_key(const std::string& plan, std::vector<std::string> stages = {}) {
     auth::KeyRegistry reg(*store_, clock_);
     auto k = reg.create("k", plan, std::move(stages));
@@ -224,11 +232,7 @@ TEST_F(LimiterTest, QuotaCountSurvivesARestart) {
   Refusal r;
   ASSERT_EQ(call(0, key, r), Verdict::kContinue);
   ASSERT_EQ(call(0, key, r), Verdict::kContinue);
-  limiter_->stop();  // graceful: the last counts are written
-  limiter_.reset();
-  store_.reset();
-  open();
-  start();
+  restart();
   EXPECT_EQ(call(0, key, r), Verdict::kContinue);
   EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
   EXPECT_EQ(r.code, "QuotaExceeded");
@@ -248,11 +252,7 @@ TEST_F(LimiterTest, AKeyMovedOntoAQuotaPlanIsFlushed) {
   limiter_->reload_keys();
   ASSERT_EQ(call(0, key, r), Verdict::kContinue);
   ASSERT_EQ(call(0, key, r), Verdict::kContinue);
-  limiter_->stop();  // graceful: the counts are written
-  limiter_.reset();
-  store_.reset();
-  open();
-  start();
+  restart();
   // Two of metered's three were used before the restart.
   EXPECT_EQ(call(0, key, r), Verdict::kContinue);
   EXPECT_EQ(call(0, key, r), Verdict::kRefuse);
