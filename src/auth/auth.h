@@ -101,13 +101,12 @@ class KeyIndex {
  public:
   struct Entry {
     ApiKey key;
-    T* state = nullptr;  // owned elsewhere; outlives the index
   };
   // What verify() found. `entry` is nullptr when nothing was; reading *entry costs a cache line
   // or more, the other fields come from the slot.
   struct Match {
     const Entry* entry = nullptr;
-    T* state = nullptr;
+    T* state = nullptr;     // as given to add(): owned elsewhere, outlives the index
     std::uint64_t id = 0;   // the key id as a number (format_hex_id gives back its text)
     std::uint32_t tag = 0;  // as given to add()
     explicit operator bool() const noexcept { return entry != nullptr; }
@@ -146,7 +145,7 @@ void KeyIndex<T>::add(ApiKey key, T* state, std::uint32_t tag) {
   Slot slot;
   const bool indexable =
       !key.revoked && parse_hex_id(key.id, slot.id) && parse_key_hash(key.hash, slot.digest);
-  entries_.push_back(Entry{std::move(key), state});
+  entries_.push_back(Entry{std::move(key)});
   if (!indexable) {
     return;
   }
